@@ -1,0 +1,513 @@
+//! [`Store`]: the cheap, cloneable handle every other part of a node uses.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use prost::Message;
+use raftkv_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, TxnRequest, TxnResponse,
+};
+use raftkv_proto::mvccpb::KeyValue;
+use raftkv_proto::raftkvpb::StoredLease;
+
+use crate::compactor::{Compactor, Gate, Job};
+use crate::config::Config;
+use crate::error::{Error, RequestError, Result};
+use crate::index::{Index, KeyRange, Live, RevMark};
+use crate::lease::{Lease, LeaseInfo, Leases, MAX_LEASE_TTL};
+use crate::range::range;
+use crate::record::{self, MetaState, Record};
+use crate::revision::Revision;
+use crate::state::{Pending, State};
+use crate::txn::{check_put_standalone, txn};
+use crate::validate;
+use crate::write::WriteTxn;
+
+/// Key in sled's default tree naming the generation of the active data tree.
+const ACTIVE: &[u8] = b"active-generation";
+
+/// A revisioned key-value store with etcd v3 semantics. Cloning is cheap; all clones share one
+/// store. Reads may run from any thread at any time; writes (the `index`-taking methods) come
+/// from the one thread applying the Raft log, in log order.
+///
+/// Every write takes the Raft index it is applied at. An index at or below
+/// [`Store::consistent_index`] was applied already: the call changes nothing and returns
+/// `Ok(None)`. A refused request (`Err(Error::Request(_))`) changes nothing either.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    db: sled::Db,
+    /// The index, leases and pending changes. Held for the length of one read or one applied
+    /// request, never across I/O to anything but sled.
+    state: RwLock<State>,
+    gate: Arc<Gate>,
+    compactor: Compactor,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !st.failed {
+            if let Some(batch) = st.commit_batch() {
+                if let Err(e) = st
+                    .tree
+                    .apply_batch(batch)
+                    .and_then(|()| self.db.flush().map(drop))
+                {
+                    tracing::error!(error = %e, "final commit on close failed; the Raft log replays it");
+                }
+            }
+        }
+    }
+}
+
+fn tree_name(generation: u64) -> String {
+    format!("kv-{generation}")
+}
+
+impl Store {
+    /// Opens (or creates) the store at `config.path`, rebuilding the in-memory index from disk.
+    pub fn open(config: Config) -> Result<Store> {
+        config.validate()?;
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(config.flush_every_ms)
+            .open()?;
+        let generation = match db.get(ACTIVE)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
+                path: config.path.clone(),
+                what: "active generation".into(),
+            })?),
+            None => 0,
+        };
+        // Trees other than the active one are leftovers of an interrupted restore.
+        for name in db.tree_names() {
+            if name.starts_with(b"kv-") && name.as_ref() != tree_name(generation).as_bytes() {
+                db.drop_tree(name)?;
+            }
+        }
+        let tree = db.open_tree(tree_name(generation))?;
+        let (state, removed) = load(&config, tree)?;
+        let gate = Arc::new(Gate::default());
+        gate.lock().generation = generation;
+        let compactor = Compactor::start(Arc::clone(&gate)).map_err(Error::SnapshotIo)?;
+        compactor.submit(Job {
+            generation,
+            tree: state.tree.clone(),
+            removed,
+        });
+        tracing::info!(
+            path = %config.path.display(),
+            revision = state.rev,
+            compact_revision = state.compact_rev,
+            consistent_index = state.consistent_index,
+            keys = state.index.len(),
+            leases = state.leases.len(),
+            "mvcc store opened"
+        );
+        Ok(Store {
+            shared: Arc::new(Shared {
+                config,
+                db,
+                state: RwLock::new(state),
+                gate,
+                compactor,
+            }),
+        })
+    }
+
+    pub(crate) fn read(&self) -> Result<RwLockReadGuard<'_, State>> {
+        let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        if st.failed {
+            return Err(Error::Failed);
+        }
+        Ok(st)
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
+        let st = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+        if st.failed {
+            return Err(Error::Failed);
+        }
+        Ok(st)
+    }
+
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.shared.gate
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.shared.db
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The current revision (1 for an empty store).
+    pub fn revision(&self) -> Result<i64> {
+        Ok(self.read()?.rev)
+    }
+
+    /// The revision of the last compaction, or -1 if there was none.
+    pub fn compact_revision(&self) -> Result<i64> {
+        Ok(self.read()?.compact_rev)
+    }
+
+    /// The Raft index of the last applied request.
+    pub fn consistent_index(&self) -> Result<u64> {
+        Ok(self.read()?.consistent_index)
+    }
+
+    /// A Range read, at the current revision or `req.revision`.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        validate::check_range(req)?;
+        let st = self.read()?;
+        range(&st, req, st.rev)
+    }
+
+    /// Applies a Put.
+    pub fn put(&self, index: u64, req: &PutRequest) -> Result<Option<PutResponse>> {
+        validate::check_put(req)?;
+        self.apply(index, |st| {
+            check_put_standalone(st, req)?;
+            let mut w = WriteTxn::begin(st);
+            let resp = w.put_request(req);
+            w.end();
+            Ok(resp)
+        })
+    }
+
+    /// Applies a DeleteRange. Deleting nothing leaves the revision unchanged.
+    pub fn delete_range(
+        &self,
+        index: u64,
+        req: &DeleteRangeRequest,
+    ) -> Result<Option<DeleteRangeResponse>> {
+        validate::check_delete(req)?;
+        self.apply(index, |st| {
+            let mut w = WriteTxn::begin(st);
+            let resp = w.delete_request(req);
+            w.end();
+            Ok(resp)
+        })
+    }
+
+    /// Applies a Txn: one revision for all its writes (none if it writes nothing).
+    pub fn txn(&self, index: u64, req: &TxnRequest) -> Result<Option<TxnResponse>> {
+        validate::check_txn(req, self.shared.config.max_txn_ops)?;
+        self.apply(index, |st| txn(st, req))
+    }
+
+    /// Applies a compaction at `req.revision`: revisions it supersedes become unreadable at once
+    /// and their space is reclaimed in the background.
+    pub fn compact(
+        &self,
+        index: u64,
+        req: &CompactionRequest,
+    ) -> Result<Option<CompactionResponse>> {
+        let shared = &self.shared;
+        self.apply(index, |st| {
+            if req.revision <= st.compact_rev {
+                return Err(RequestError::Compacted.into());
+            }
+            if req.revision > st.rev {
+                return Err(RequestError::FutureRevision.into());
+            }
+            st.compact_rev = req.revision;
+            st.pending.dirty = true;
+            let mut removed = compact_index(&mut st.index, req.revision);
+            // Dropped revisions not yet committed simply never reach disk.
+            let pending = std::mem::take(&mut st.pending.records);
+            st.pending.records = pending
+                .into_iter()
+                .filter(|r| removed.binary_search(&r.rev).is_err())
+                .collect();
+            st.pending.bytes = st.pending.records.iter().map(Record::encoded_len).sum();
+            if let Some(first) = st.pending.records.first().map(|r| r.rev) {
+                removed.retain(|r| *r < first);
+            }
+            shared.compactor.submit(Job {
+                generation: shared.gate.lock().generation,
+                tree: st.tree.clone(),
+                removed,
+            });
+            Ok(CompactionResponse {
+                header: Some(header(st.rev)),
+            })
+        })
+    }
+
+    /// Applies a lease grant. `req.id` must be chosen (non-zero) before the request is proposed.
+    pub fn lease_grant(
+        &self,
+        index: u64,
+        req: &LeaseGrantRequest,
+    ) -> Result<Option<LeaseGrantResponse>> {
+        let min_ttl = self.shared.config.min_lease_ttl;
+        self.apply(index, |st| {
+            if req.id == 0 {
+                return Err(RequestError::LeaseNotFound.into());
+            }
+            if req.ttl > MAX_LEASE_TTL {
+                return Err(RequestError::LeaseTtlTooLarge.into());
+            }
+            if st.leases.contains_key(&req.id) {
+                return Err(RequestError::LeaseExists.into());
+            }
+            let lease = Lease {
+                ttl: req.ttl.max(min_ttl),
+                ..Lease::default()
+            };
+            st.pending.leases.insert(req.id, Some(lease.stored(req.id)));
+            let ttl = lease.ttl;
+            st.leases.insert(req.id, lease);
+            Ok(LeaseGrantResponse {
+                header: Some(header(st.rev)),
+                id: req.id,
+                ttl,
+                error: String::new(),
+            })
+        })
+    }
+
+    /// Applies a lease revoke (or expiry): the lease's keys are deleted in one revision.
+    pub fn lease_revoke(
+        &self,
+        index: u64,
+        req: &LeaseRevokeRequest,
+    ) -> Result<Option<LeaseRevokeResponse>> {
+        self.apply(index, |st| {
+            let Some(lease) = st.leases.get(&req.id) else {
+                return Err(RequestError::LeaseNotFound.into());
+            };
+            let keys: Vec<Box<[u8]>> = lease.keys.iter().cloned().collect();
+            let mut w = WriteTxn::begin(st);
+            for key in &keys {
+                w.delete_range(&KeyRange::Single(key));
+            }
+            let rev = w.end();
+            st.leases.remove(&req.id);
+            st.pending.leases.insert(req.id, None);
+            Ok(LeaseRevokeResponse {
+                header: Some(header(rev)),
+            })
+        })
+    }
+
+    /// Applies lease checkpoints: records each lease's remaining TTL so that a new leader keeps
+    /// deadlines instead of granting every lease its full TTL again. Unknown ids are skipped.
+    pub fn lease_checkpoint(
+        &self,
+        index: u64,
+        req: &LeaseCheckpointRequest,
+    ) -> Result<Option<LeaseCheckpointResponse>> {
+        self.apply(index, |st| {
+            for cp in &req.checkpoints {
+                if let Some(l) = st.leases.get_mut(&cp.id) {
+                    l.remaining_ttl = cp.remaining_ttl;
+                    st.pending.leases.insert(cp.id, Some(l.stored(cp.id)));
+                }
+            }
+            Ok(LeaseCheckpointResponse {
+                header: Some(header(st.rev)),
+            })
+        })
+    }
+
+    /// One lease, with its attached keys if `with_keys`.
+    pub fn lease(&self, id: i64, with_keys: bool) -> Result<Option<LeaseInfo>> {
+        Ok(self.read()?.leases.get(&id).map(|l| l.info(id, with_keys)))
+    }
+
+    /// Every lease, by id, without keys.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        Ok(self
+            .read()?
+            .leases
+            .iter()
+            .map(|(id, l)| l.info(*id, false))
+            .collect())
+    }
+
+    /// Commits pending changes to sled (not necessarily to disk; see [`Store::sync`]). The store
+    /// commits by itself when enough is pending; a node also calls this on a timer.
+    pub fn commit(&self) -> Result<()> {
+        let mut st = self.write()?;
+        commit_locked(&mut st)
+    }
+
+    /// Commits and makes everything committed durable on disk.
+    pub fn sync(&self) -> Result<()> {
+        self.commit()?;
+        self.shared.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.shared.db.size_on_disk()?)
+    }
+
+    /// Runs `f` as the request applied at `index`; see the type's docs for the contract.
+    fn apply<T>(&self, index: u64, f: impl FnOnce(&mut State) -> Result<T>) -> Result<Option<T>> {
+        let mut st = self.write()?;
+        if index <= st.consistent_index {
+            return Ok(None);
+        }
+        let result = f(&mut st);
+        if st.failed {
+            return result.map(Some);
+        }
+        st.consistent_index = index;
+        st.pending.dirty = true;
+        let cfg = &self.shared.config;
+        if st.pending.records.len() >= cfg.commit_records || st.pending.bytes >= cfg.commit_bytes {
+            commit_locked(&mut st)?;
+        }
+        result.map(Some)
+    }
+
+    /// Replaces the whole state with `state`, whose tree is `tree` of `generation`.
+    pub(crate) fn install(
+        &self,
+        st: &mut State,
+        state: State,
+        removed: Vec<Revision>,
+        generation: u64,
+    ) {
+        *st = state;
+        self.shared.compactor.submit(Job {
+            generation,
+            tree: st.tree.clone(),
+            removed,
+        });
+    }
+
+    pub(crate) fn write_for_restore(&self) -> RwLockWriteGuard<'_, State> {
+        self.shared.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn commit_locked(st: &mut State) -> Result<()> {
+    let Some(batch) = st.commit_batch() else {
+        return Ok(());
+    };
+    if let Err(e) = st.tree.apply_batch(batch) {
+        st.failed = true;
+        tracing::error!(error = %e, "commit to sled failed; the store refuses further work");
+        return Err(e.into());
+    }
+    st.pending = Pending::default();
+    Ok(())
+}
+
+/// Drops the revisions a compaction at `at` supersedes from `index`; returns them, sorted.
+fn compact_index(index: &mut Index, at: i64) -> Vec<Revision> {
+    let mut removed = Vec::new();
+    index.retain(|_, e| {
+        e.compact(at, &mut removed);
+        !e.is_empty()
+    });
+    removed.sort_unstable();
+    removed
+}
+
+/// Rebuilds the in-memory state from `tree`. Returns it with the revisions that the persisted
+/// compaction drops but that are still on disk (a compaction interrupted by a crash).
+pub(crate) fn load(config: &Config, tree: sled::Tree) -> Result<(State, Vec<Revision>)> {
+    let corrupt = |what: String| Error::Corrupt {
+        path: config.path.clone(),
+        what,
+    };
+    let meta = match tree.get(record::META_STATE)? {
+        Some(v) => MetaState::decode(&v).ok_or_else(|| corrupt("meta state".into()))?,
+        None => MetaState {
+            revision: 1,
+            consistent_index: 0,
+            compact_revision: -1,
+        },
+    };
+    let mut leases = Leases::new();
+    for item in tree.scan_prefix([record::LEASE_PREFIX]) {
+        let (_, v) = item?;
+        let l = StoredLease::decode(v.as_ref()).map_err(|e| corrupt(format!("lease: {e}")))?;
+        leases.insert(
+            l.id,
+            Lease {
+                ttl: l.ttl,
+                remaining_ttl: l.remaining_ttl,
+                keys: Default::default(),
+            },
+        );
+    }
+    let mut index = Index::new();
+    for item in tree.scan_prefix([record::BLOCK_PREFIX]) {
+        let (k, v) = item?;
+        let records =
+            record::decode_block(&v).ok_or_else(|| corrupt(format!("block {:?}", k.as_ref())))?;
+        for r in records {
+            let kv = r
+                .decode_kv()
+                .ok_or_else(|| corrupt(format!("record {}", r.rev)))?;
+            index_record(&mut index, r.rev, r.tombstone, kv);
+        }
+    }
+    for (key, entry) in &index {
+        if let Some(live) = entry.live.as_ref().filter(|l| l.lease != 0) {
+            match leases.get_mut(&live.lease) {
+                Some(l) => {
+                    l.keys.insert(key.clone());
+                }
+                None => tracing::warn!(lease = live.lease, "key attached to an unknown lease"),
+            }
+        }
+    }
+    let removed = if meta.compact_revision >= 0 {
+        compact_index(&mut index, meta.compact_revision)
+    } else {
+        Vec::new()
+    };
+    let state = State {
+        path: config.path.clone(),
+        tree,
+        index,
+        leases,
+        rev: meta.revision,
+        compact_rev: meta.compact_revision,
+        consistent_index: meta.consistent_index,
+        pending: Pending::default(),
+        failed: false,
+    };
+    Ok((state, removed))
+}
+
+/// Adds one record, in revision order, to an index being rebuilt.
+pub(crate) fn index_record(index: &mut Index, rev: Revision, tombstone: bool, kv: KeyValue) {
+    let entry = match index.get_mut(kv.key.as_slice()) {
+        Some(e) => e,
+        None => index.entry(kv.key.clone().into_boxed_slice()).or_default(),
+    };
+    entry.revs.push(RevMark { rev, tombstone });
+    entry.live = (!tombstone).then(|| Live {
+        create_revision: kv.create_revision,
+        version: kv.version,
+        lease: kv.lease,
+        value: kv.value.into_boxed_slice(),
+    });
+}
