@@ -26,18 +26,29 @@ pub(crate) struct GateState {
     pub(crate) holds: usize,
     /// The active tree generation; jobs for older ones are dropped.
     pub(crate) generation: u64,
+    /// Jobs submitted and not yet finished.
+    pub(crate) queued: usize,
 }
 
 /// Coordinates the compactor with snapshot exports and restores.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     pub(crate) state: Mutex<GateState>,
+    /// Signalled when a hold is released or a job finishes.
     released: Condvar,
 }
 
 impl Gate {
     pub(crate) fn lock(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until every submitted job has finished.
+    pub(crate) fn wait_idle(&self) {
+        let mut g = self.lock();
+        while g.queued > 0 {
+            g = self.released.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Takes a hold that keeps the compactor away until the returned guard drops.
@@ -62,10 +73,12 @@ impl Drop for Hold {
 pub(crate) struct Compactor {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<thread::JoinHandle<()>>,
+    gate: Arc<Gate>,
 }
 
 impl Compactor {
     pub(crate) fn start(gate: Arc<Gate>) -> std::io::Result<Self> {
+        let submitted = Arc::clone(&gate);
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = thread::Builder::new()
             .name("raftkv-compactor".into())
@@ -74,11 +87,14 @@ impl Compactor {
                     if let Err(e) = run(&gate, &job) {
                         tracing::error!(error = %e, "physical compaction failed; space stays in use until the next compaction");
                     }
+                    gate.lock().queued -= 1;
+                    gate.released.notify_all();
                 }
             })?;
         Ok(Compactor {
             jobs: Some(tx),
             thread: Some(thread),
+            gate: submitted,
         })
     }
 
@@ -87,8 +103,11 @@ impl Compactor {
             return;
         }
         if let Some(tx) = &self.jobs {
+            self.gate.lock().queued += 1;
             // The thread only stops when this handle drops, so a send cannot fail before then.
-            let _ = tx.send(job);
+            if tx.send(job).is_err() {
+                self.gate.lock().queued -= 1;
+            }
         }
     }
 }

@@ -114,3 +114,107 @@ pub(crate) fn sort(kvs: &mut [KeyValue], target: SortTarget, descend: bool) {
         kvs.sort_by(cmp);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raftkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+
+    use crate::{Config, Store};
+
+    fn store_with(puts: &[(&str, &str)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Config::new(dir.path())).unwrap();
+        for (i, (k, v)) in puts.iter().enumerate() {
+            let req = PutRequest {
+                key: k.as_bytes().to_vec(),
+                value: v.as_bytes().to_vec(),
+                ..Default::default()
+            };
+            store.put(i as u64 + 1, &req).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn keys(resp: &raftkv_proto::etcdserverpb::RangeResponse) -> Vec<&[u8]> {
+        resp.kvs.iter().map(|kv| kv.key.as_slice()).collect()
+    }
+
+    #[test]
+    fn non_key_target_without_order_sorts_after_the_limit() {
+        // Observed on etcd 3.4.23: a v3, b v1, c v2; NONE + VERSION + limit 2 -> [b, c], more.
+        let (_d, s) = store_with(&[
+            ("a", "1"),
+            ("a", "2"),
+            ("a", "3"),
+            ("b", "1"),
+            ("c", "1"),
+            ("c", "2"),
+        ]);
+        let req = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"\0".to_vec(),
+            limit: 2,
+            sort_target: 1,
+            ..Default::default()
+        };
+        let resp = s.range(&req).unwrap();
+        assert_eq!(keys(&resp), vec![&b"b"[..], b"c"]);
+        assert!(resp.more);
+        assert_eq!(resp.count, 3);
+        // With an explicit order everything is fetched first: DESCEND by version -> a, c.
+        let resp = s
+            .range(&RangeRequest {
+                sort_order: 2,
+                ..req
+            })
+            .unwrap();
+        assert_eq!(keys(&resp), vec![&b"a"[..], b"c"]);
+    }
+
+    #[test]
+    fn limit_more_count_and_filters() {
+        let (_d, s) = store_with(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]);
+        let all = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"e".to_vec(),
+            ..Default::default()
+        };
+        let r = s
+            .range(&RangeRequest {
+                limit: 4,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.more, r.count), (4, false, 4));
+        let r = s
+            .range(&RangeRequest {
+                limit: 3,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.more, r.count), (3, true, 4));
+        // Filters prune after counting: count stays 4.
+        let r = s
+            .range(&RangeRequest {
+                min_mod_revision: 4,
+                limit: 1,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((keys(&r), r.more, r.count), (vec![&b"c"[..]], true, 4));
+        let r = s
+            .range(&RangeRequest {
+                count_only: true,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.count), (0, 4));
+        let r = s
+            .range(&RangeRequest {
+                keys_only: true,
+                ..all
+            })
+            .unwrap();
+        assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+    }
+}

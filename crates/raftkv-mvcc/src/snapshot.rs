@@ -15,7 +15,7 @@ use crate::compactor::Hold;
 use crate::error::{Error, Result};
 use crate::record::{self, MetaState, Record};
 use crate::revision::Revision;
-use crate::store::{load, Store};
+use crate::store::{load, tree_name, Store, ACTIVE};
 
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
 const TAG_META: u8 = b'M';
@@ -133,7 +133,7 @@ impl Store {
         let mut st = self.write_for_restore();
         let mut gate = self.gate().lock();
         let generation = gate.generation + 1;
-        let name = format!("kv-{generation}");
+        let name = tree_name(generation);
         self.db().drop_tree(&name)?;
         let tree = self.db().open_tree(&name)?;
         if let Err(e) = import(&tree, r) {
@@ -141,8 +141,7 @@ impl Store {
             self.db().drop_tree(&name)?;
             return Err(e);
         }
-        self.db()
-            .insert(b"active-generation", &generation.to_be_bytes())?;
+        self.db().insert(ACTIVE, &generation.to_be_bytes())?;
         self.db().flush()?;
         let old = st.tree.name();
         let (state, removed) = load(self.config(), tree)?;

@@ -26,7 +26,7 @@ use crate::validate;
 use crate::write::WriteTxn;
 
 /// Key in sled's default tree naming the generation of the active data tree.
-const ACTIVE: &[u8] = b"active-generation";
+pub(crate) const ACTIVE: &[u8] = b"active-generation";
 
 /// A revisioned key-value store with etcd v3 semantics. Cloning is cheap; all clones share one
 /// store. Reads may run from any thread at any time; writes (the `index`-taking methods) come
@@ -41,13 +41,14 @@ pub struct Store {
 }
 
 struct Shared {
+    /// First field, so it is stopped (and its tree handle released) before the rest drops.
+    compactor: Compactor,
     config: Config,
     db: sled::Db,
     /// The index, leases and pending changes. Held for the length of one read or one applied
     /// request, never across I/O to anything but sled.
     state: RwLock<State>,
     gate: Arc<Gate>,
-    compactor: Compactor,
 }
 
 impl Drop for Shared {
@@ -67,7 +68,7 @@ impl Drop for Shared {
     }
 }
 
-fn tree_name(generation: u64) -> String {
+pub(crate) fn tree_name(generation: u64) -> String {
     format!("kv-{generation}")
 }
 
@@ -176,8 +177,8 @@ impl Store {
 
     /// Applies a Put.
     pub fn put(&self, index: u64, req: &PutRequest) -> Result<Option<PutResponse>> {
-        validate::check_put(req)?;
         self.apply(index, |st| {
+            validate::check_put(req)?;
             check_put_standalone(st, req)?;
             let mut w = WriteTxn::begin(st);
             let resp = w.put_request(req);
@@ -192,8 +193,8 @@ impl Store {
         index: u64,
         req: &DeleteRangeRequest,
     ) -> Result<Option<DeleteRangeResponse>> {
-        validate::check_delete(req)?;
         self.apply(index, |st| {
+            validate::check_delete(req)?;
             let mut w = WriteTxn::begin(st);
             let resp = w.delete_request(req);
             w.end();
@@ -203,8 +204,11 @@ impl Store {
 
     /// Applies a Txn: one revision for all its writes (none if it writes nothing).
     pub fn txn(&self, index: u64, req: &TxnRequest) -> Result<Option<TxnResponse>> {
-        validate::check_txn(req, self.shared.config.max_txn_ops)?;
-        self.apply(index, |st| txn(st, req))
+        let max_ops = self.shared.config.max_txn_ops;
+        self.apply(index, |st| {
+            validate::check_txn(req, max_ops)?;
+            txn(st, req)
+        })
     }
 
     /// Applies a compaction at `req.revision`: revisions it supersedes become unreadable at once
@@ -225,18 +229,25 @@ impl Store {
             st.compact_rev = req.revision;
             st.pending.dirty = true;
             let mut removed = compact_index(&mut st.index, req.revision);
-            // Dropped revisions not yet committed simply never reach disk.
-            let pending = std::mem::take(&mut st.pending.records);
-            st.pending.records = pending
-                .into_iter()
-                .filter(|r| removed.binary_search(&r.rev).is_err())
-                .collect();
-            st.pending.bytes = st.pending.records.iter().map(Record::encoded_len).sum();
+            // Dropped revisions not yet committed simply never reach disk; only the committed
+            // ones (below the first pending record) are left for the compactor.
             if let Some(first) = st.pending.records.first().map(|r| r.rev) {
+                let pending = std::mem::take(&mut st.pending.records);
+                st.pending.records = pending
+                    .into_iter()
+                    .filter(|r| removed.binary_search(&r.rev).is_err())
+                    .collect();
+                st.pending.bytes = st.pending.records.iter().map(Record::encoded_len).sum();
                 removed.retain(|r| *r < first);
             }
+            // Commit the compaction (with its index) before the compactor removes anything from
+            // disk: a crash in between must not reopen at an earlier index with revisions that
+            // index still needs already gone.
+            st.consistent_index = index;
+            commit_locked(st)?;
+            let generation = shared.gate.lock().generation;
             shared.compactor.submit(Job {
-                generation: shared.gate.lock().generation,
+                generation,
                 tree: st.tree.clone(),
                 removed,
             });
@@ -244,6 +255,12 @@ impl Store {
                 header: Some(header(st.rev)),
             })
         })
+    }
+
+    /// Blocks until the space of every compaction applied so far has been reclaimed on disk
+    /// (etcd's `CompactionRequest.physical`). Answers never depend on it.
+    pub fn wait_compacted(&self) {
+        self.shared.gate.wait_idle();
     }
 
     /// Applies a lease grant. `req.id` must be chosen (non-zero) before the request is proposed.

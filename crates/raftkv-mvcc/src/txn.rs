@@ -134,25 +134,27 @@ fn check_ignore(st: &State, req: &PutRequest) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// Walks the chosen branches checking every op against the pre-txn state.
+/// Walks the chosen branches checking every put (`puts`) or every range (`!puts`) against the
+/// pre-txn state.
 fn check_path(
     st: &State,
     req: &TxnRequest,
     path: &[bool],
     pos: &mut usize,
+    puts: bool,
 ) -> Result<(), RequestError> {
     let succeeded = path[*pos];
     *pos += 1;
     for op in branch(req, succeeded) {
         match &op.request {
-            Some(Request::RequestTxn(t)) => check_path(st, t, path, pos)?,
-            Some(Request::RequestPut(p)) => {
+            Some(Request::RequestTxn(t)) => check_path(st, t, path, pos, puts)?,
+            Some(Request::RequestPut(p)) if puts => {
                 check_ignore(st, p)?;
                 if p.lease != 0 && !st.leases.contains_key(&p.lease) {
                     return Err(RequestError::LeaseNotFound);
                 }
             }
-            Some(Request::RequestRange(r)) if r.revision != 0 => {
+            Some(Request::RequestRange(r)) if !puts && r.revision != 0 => {
                 if r.revision > st.rev {
                     return Err(RequestError::FutureRevision);
                 }
@@ -170,7 +172,9 @@ fn check_path(
 pub(crate) fn txn(st: &mut State, req: &TxnRequest) -> Result<TxnResponse> {
     let mut path = Vec::new();
     compare_path(st, req, &mut path);
-    check_path(st, req, &path, &mut 0)?;
+    // etcd checks every put on the path first, then every range.
+    check_path(st, req, &path, &mut 0, true)?;
+    check_path(st, req, &path, &mut 0, false)?;
     let mut w = WriteTxn::begin(st);
     let result = execute(&mut w, req, &path, &mut 0);
     let rev = w.end();
@@ -215,4 +219,124 @@ fn execute(
         succeeded,
         responses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use raftkv_proto::etcdserverpb::{
+        request_op::Request, response_op::Response, Compare, DeleteRangeRequest, PutRequest,
+        RangeRequest, RequestOp, TxnRequest,
+    };
+
+    use super::*;
+    use crate::{Config, Store};
+
+    fn op(r: Request) -> RequestOp {
+        RequestOp { request: Some(r) }
+    }
+    fn put(k: &str) -> RequestOp {
+        op(Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }))
+    }
+    fn get(k: &str) -> RequestOp {
+        op(Request::RequestRange(RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn nested_headers_follow_the_txn_revision() {
+        // Observed on etcd 3.4.23: [range k1, put k1, range k1] at rev 3 -> headers 3, 4, 4;
+        // a nested txn's own header is present and empty.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(Config::new(dir.path())).unwrap();
+        s.put(
+            1,
+            &PutRequest {
+                key: b"x".to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.put(
+            2,
+            &PutRequest {
+                key: b"y".to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let inner = TxnRequest {
+            compare: vec![],
+            success: vec![get("k1")],
+            failure: vec![],
+        };
+        let req = TxnRequest {
+            compare: vec![Compare {
+                key: b"nope".to_vec(),
+                target: CompareTarget::Create as i32,
+                result: CompareResult::Equal as i32,
+                ..Default::default()
+            }],
+            success: vec![
+                get("k1"),
+                put("k1"),
+                get("k1"),
+                op(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"absent".to_vec(),
+                    ..Default::default()
+                })),
+                op(Request::RequestTxn(inner)),
+            ],
+            failure: vec![],
+        };
+        let resp = s.txn(3, &req).unwrap().unwrap();
+        assert!(resp.succeeded);
+        assert_eq!(resp.header.as_ref().unwrap().revision, 4);
+        let revs: Vec<i64> = resp
+            .responses
+            .iter()
+            .map(|r| match r.response.as_ref().unwrap() {
+                Response::ResponseRange(r) => r.header.as_ref().unwrap().revision,
+                Response::ResponsePut(r) => r.header.as_ref().unwrap().revision,
+                Response::ResponseDeleteRange(r) => r.header.as_ref().unwrap().revision,
+                Response::ResponseTxn(t) => t.header.as_ref().unwrap().revision,
+            })
+            .collect();
+        assert_eq!(revs, vec![3, 4, 4, 4, 0]);
+        let Some(Response::ResponseRange(after)) = &resp.responses[2].response else {
+            panic!("range response expected");
+        };
+        assert_eq!(after.kvs[0].mod_revision, 4);
+    }
+
+    #[test]
+    fn a_refused_txn_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(Config::new(dir.path())).unwrap();
+        let lease_put = op(Request::RequestPut(PutRequest {
+            key: b"b".to_vec(),
+            lease: 42,
+            ..Default::default()
+        }));
+        let req = TxnRequest {
+            compare: vec![],
+            success: vec![put("a"), lease_put],
+            failure: vec![],
+        };
+        let err = s.txn(1, &req).unwrap_err();
+        assert_eq!(err.as_request(), Some(RequestError::LeaseNotFound));
+        assert_eq!(s.revision().unwrap(), 1);
+        let r = s
+            .range(&RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(r.kvs.is_empty());
+    }
 }
