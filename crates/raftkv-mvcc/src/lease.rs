@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use raftkv_proto::raftkvpb::StoredLease;
 
+use crate::index::IndexKey;
+
 /// The longest TTL etcd accepts, in seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -26,7 +28,7 @@ pub struct LeaseInfo {
 pub(crate) struct Lease {
     pub(crate) ttl: i64,
     pub(crate) remaining_ttl: i64,
-    pub(crate) keys: BTreeSet<Box<[u8]>>,
+    pub(crate) keys: BTreeSet<IndexKey>,
 }
 
 impl Lease {
@@ -67,7 +69,7 @@ pub(crate) fn reattach(leases: &mut Leases, key: &[u8], old: i64, new: i64) {
     }
     if new != 0 {
         if let Some(l) = leases.get_mut(&new) {
-            l.keys.insert(key.into());
+            l.keys.insert(IndexKey::from_slice(key));
         }
     }
 }

@@ -77,6 +77,39 @@ impl Record {
     }
 }
 
+/// Encodes a live key's `KeyValue` straight from borrowed parts, byte for byte what prost would
+/// produce (fields in number order, zero values omitted), without building the message first.
+pub(crate) fn encode_kv(key: &[u8], mod_revision: i64, live: &crate::index::Live) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn bytes(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
+        if !b.is_empty() {
+            out.push(tag);
+            varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+    }
+    fn int(out: &mut Vec<u8>, tag: u8, v: i64) {
+        if v != 0 {
+            out.push(tag);
+            varint(out, v as u64);
+        }
+    }
+    let mut out = Vec::with_capacity(key.len() + live.value.len() + 48);
+    bytes(&mut out, 0x0a, key);
+    int(&mut out, 0x10, live.create_revision);
+    int(&mut out, 0x18, mod_revision);
+    int(&mut out, 0x20, live.version);
+    bytes(&mut out, 0x2a, &live.value);
+    int(&mut out, 0x30, live.lease);
+    out
+}
+
 /// Encodes records into one block value.
 pub(crate) fn encode_block<'r>(records: impl IntoIterator<Item = &'r Record>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -173,6 +206,32 @@ mod tests {
             records[0].encoded_len() + records[1].encoded_len(),
             block.len()
         );
+    }
+
+    #[test]
+    fn hand_encoding_matches_prost() {
+        for (value, lease, create) in [
+            (vec![7u8; 300], 0, 2),
+            (vec![], -5, 1),
+            (vec![1], 1 << 40, 9),
+        ] {
+            let live = crate::index::Live {
+                create_revision: create,
+                version: 3,
+                lease,
+                value: value.clone().into(),
+            };
+            let want = KeyValue {
+                key: b"some/key".to_vec(),
+                create_revision: create,
+                mod_revision: 1 << 33,
+                version: 3,
+                value,
+                lease,
+            }
+            .encode_to_vec();
+            assert_eq!(encode_kv(b"some/key", 1 << 33, &live), want);
+        }
     }
 
     #[test]

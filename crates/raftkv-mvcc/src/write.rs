@@ -9,9 +9,9 @@ use raftkv_proto::etcdserverpb::{
 };
 use raftkv_proto::mvccpb::KeyValue;
 
-use crate::index::{entries, KeyRange, Live, RevMark};
+use crate::index::{entries, IndexKey, KeyRange, Live, RevMark};
 use crate::lease;
-use crate::record::Record;
+use crate::record::{self, Record};
 use crate::revision::Revision;
 use crate::state::{live_kv, State};
 
@@ -58,7 +58,7 @@ impl<'s> WriteTxn<'s> {
         let rev = self.next_rev();
         let entry = match self.st.index.get_mut(key) {
             Some(e) => e,
-            None => self.st.index.entry(key.into()).or_default(),
+            None => self.st.index.entry(IndexKey::from_slice(key)).or_default(),
         };
         let (create_revision, version, old_lease) = match &entry.live {
             Some(l) => (l.create_revision, l.version + 1, l.lease),
@@ -70,7 +70,7 @@ impl<'s> WriteTxn<'s> {
             lease: lease_id,
             value: value.into(),
         };
-        let kv = live_kv(key, rev, &live).encode_to_vec();
+        let kv = record::encode_kv(key, rev.main, &live);
         entry.revs.push(RevMark {
             rev,
             tombstone: false,
@@ -87,9 +87,9 @@ impl<'s> WriteTxn<'s> {
 
     /// Deletes every existing key in `range`, in key order; returns how many.
     pub(crate) fn delete_range(&mut self, range: &KeyRange<'_>) -> i64 {
-        let keys: Vec<Box<[u8]>> = entries(&self.st.index, range)
+        let keys: Vec<IndexKey> = entries(&self.st.index, range)
             .filter(|(_, e)| e.live.is_some())
-            .map(|(k, _)| k.into())
+            .map(|(k, _)| IndexKey::from_slice(k))
             .collect();
         for key in &keys {
             self.delete_key(key);
@@ -122,16 +122,21 @@ impl<'s> WriteTxn<'s> {
 
     /// Applies a Put whose checks passed (lease exists; for ignore_* the key exists).
     pub(crate) fn put_request(&mut self, req: &PutRequest) -> PutResponse {
-        let prev = self.current(&req.key);
-        let value = match (&prev, req.ignore_value) {
-            (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
+        // Building the previous value costs a copy: only when the request needs it.
+        let prev = if req.prev_kv || req.ignore_value || req.ignore_lease {
+            self.current(&req.key)
+        } else {
+            None
+        };
+        let value: &[u8] = match (&prev, req.ignore_value) {
+            (Some(p), true) => &p.value,
+            _ => &req.value,
         };
         let lease_id = match (&prev, req.ignore_lease) {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
-        let revision = self.put(&req.key, &value, lease_id);
+        let revision = self.put(&req.key, value, lease_id);
         PutResponse {
             header: Some(ResponseHeader {
                 revision,
