@@ -195,6 +195,11 @@ impl<M: StateMachine> Core<M> {
         self.raw.read_index(ctx);
     }
 
+    /// Starts an election now instead of waiting for the election timeout.
+    pub fn campaign(&mut self) -> Result<()> {
+        Ok(self.raw.campaign()?)
+    }
+
     /// Asks the leader to hand leadership to `to`.
     pub fn transfer_leader(&mut self, to: u64) {
         self.raw.transfer_leader(to);
@@ -249,6 +254,12 @@ impl<M: StateMachine> Core<M> {
     /// The WAL-backed storage.
     pub fn storage(&self) -> &WalStorage {
         self.raw.store()
+    }
+
+    /// **For tests:** takes the core apart into its storage and state machine, e.g. to
+    /// simulate a power loss with [`WalStorage::simulate_crash`] (the deterministic harness).
+    pub fn into_parts(self) -> (WalStorage, M) {
+        (self.raw.raft.r.raft_log.store, self.sm)
     }
 
     /// Runs one round of the Ready loop if raft has anything ready.

@@ -226,6 +226,20 @@ pub enum Error {
     },
 }
 
+/// Why a proposal or a read did not complete; `Display` is etcd's message where etcd has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Raft has no leader to take the request.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request did not commit (or the read index did not arrive) before its deadline.
+    #[error("etcdserver: request timed out")]
+    TimedOut,
+    /// The node stopped before the request completed.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
 impl Error {
     /// True for errors after which the node must stop: I/O failures, corruption, missing data.
     /// False for refusals of a single request that leave the log unchanged.

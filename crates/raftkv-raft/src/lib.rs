@@ -7,18 +7,22 @@
 //!   deterministically.
 //! - [`logging`]: raft-rs's slog output bridged into `tracing`.
 //!
-//! It knows nothing about keys or gRPC. Still to come (consensus issue): the async node task
-//! around [`Core`] with request waiters and batched ReadIndex, the `Transport` trait and snapshot
-//! streaming.
+//! - [`node`]: the node thread around a [`Core`]: a timer, a command channel, request waiters
+//!   with deadlines, batched ReadIndex, and a [`Transport`] for outbound messages.
+//!
+//! It knows nothing about keys or gRPC. Still to come (consensus issue): snapshot streaming over
+//! the transport, membership-change helpers, the deterministic fault harness.
 #![deny(missing_docs)]
 
 pub mod core;
 mod error;
 pub mod logging;
+pub mod node;
 pub mod storage;
 pub mod wal;
 
 pub use crate::core::{Applied, Core, CoreConfig, Progress, StateMachine};
-pub use error::{Damage, Error, Result};
+pub use error::{Damage, Error, RequestError, Result};
+pub use node::{NodeConfig, NodeHandle, Status, Transport};
 pub use storage::{StorageConfig, WalStorage};
 pub use wal::{Recovered, TruncatedTail, Wal, WalConfig};

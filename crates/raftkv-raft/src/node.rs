@@ -1,0 +1,384 @@
+//! The node task: a dedicated thread that owns a [`Core`], ticks it on a timer, takes proposals,
+//! ReadIndex requests and peer messages from a channel (batching whatever is queued into one
+//! Ready), and routes results back to waiting callers. The thread does the WAL's fsync itself,
+//! so it never blocks an async runtime; callers hold a cheap [`NodeHandle`] and await replies.
+//!
+//! Every waiter has a deadline: a proposal raft drops (no leader) fails at once with
+//! [`RequestError::NoLeader`], one that never commits fails with [`RequestError::TimedOut`]. A
+//! ReadIndex round that raft drops is retried every few ticks until its deadline.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use raft::prelude::Message;
+use raft::StateRole;
+use tokio::sync::{oneshot, watch};
+
+use crate::core::{Core, CoreConfig, StateMachine};
+use crate::error::{Error, RequestError};
+use crate::storage::WalStorage;
+
+/// Where outbound Raft messages go. Implementations must not block: queue and return.
+pub trait Transport: Send + 'static {
+    /// Sends messages to their `to` peers, best effort (Raft retries what is lost).
+    fn send(&self, messages: Vec<Message>);
+}
+
+/// Tuning of the node task.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The consensus core's settings.
+    pub core: CoreConfig,
+    /// Length of one Raft tick (etcd: 100 ms heartbeat = 1 tick, election = 10 ticks).
+    pub tick: Duration,
+    /// How long a proposal or read may wait before it fails with "request timed out".
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// etcd-like defaults for node `id`.
+    pub fn new(id: u64) -> Self {
+        NodeConfig {
+            core: CoreConfig::new(id),
+            tick: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(7),
+        }
+    }
+}
+
+/// What a node reports about itself, also published on every change of leader or role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: u64,
+    /// The leader's id, 0 when unknown.
+    pub leader: u64,
+    /// The current term.
+    pub term: u64,
+    /// This node's role.
+    pub role: StateRole,
+    /// The last applied index.
+    pub applied: u64,
+}
+
+enum Command<O> {
+    Propose(Vec<u8>, Reply<O>),
+    Read(oneshot::Sender<Result<u64, RequestError>>),
+    Step(Box<Message>),
+    Campaign,
+}
+
+/// A cloneable handle to a running node. Dropping every handle stops the node.
+pub struct NodeHandle<O> {
+    id: u64,
+    tx: mpsc::Sender<Command<O>>,
+    status: watch::Receiver<Status>,
+}
+
+impl<O> Clone for NodeHandle<O> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            id: self.id,
+            tx: self.tx.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl<O: Send + 'static> NodeHandle<O> {
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Proposes `data` and waits until it is applied here; returns the state machine's output.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<O, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Propose(data, tx))
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Waits until this node has applied everything committed when the call was made (Raft
+    /// ReadIndex): a read served after this is linearizable. Returns the read index.
+    pub async fn read_index(&self) -> Result<u64, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Read(tx))
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Hands a message from a peer to the node.
+    pub fn step(&self, m: Message) {
+        let _ = self.tx.send(Command::Step(Box::new(m)));
+    }
+
+    /// Asks the node to start an election now.
+    pub fn campaign(&self) {
+        let _ = self.tx.send(Command::Campaign);
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// A receiver that sees every change of leader, role or term.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+}
+
+/// Starts node `cfg.core.id` on its own thread. `voters` bootstraps a fresh log.
+pub fn start<M>(
+    cfg: NodeConfig,
+    storage: WalStorage,
+    sm: M,
+    voters: &[u64],
+    transport: impl Transport,
+) -> Result<(NodeHandle<M::Output>, thread::JoinHandle<()>), Error>
+where
+    M: StateMachine + Send + 'static,
+    M::Output: Send + 'static,
+{
+    let core = Core::new(cfg.core.clone(), storage, sm, voters)?;
+    let (tx, rx) = mpsc::channel();
+    let (status_tx, status_rx) = watch::channel(status_of(&core));
+    let id = cfg.core.id;
+    let task = Task {
+        core,
+        transport,
+        cfg,
+        next_request: boot_nonce(id),
+        proposals: HashMap::new(),
+        reads: Vec::new(),
+        read_rounds: HashMap::new(),
+        next_round: 1,
+        status: status_tx,
+    };
+    let join = thread::Builder::new()
+        .name(format!("raft-node-{id}"))
+        .spawn(move || task.run(rx))
+        .map_err(|e| Error::NodeConfig(format!("cannot start node thread: {e}")))?;
+    Ok((
+        NodeHandle {
+            id,
+            tx,
+            status: status_rx,
+        },
+        join,
+    ))
+}
+
+/// Request ids: node id in the top 16 bits, a per-boot nonce, then a counter, so ids of entries
+/// replayed from an earlier run do not meet this run's waiters.
+fn boot_nonce(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (id << 48) | ((nanos & 0xffff) << 32)
+}
+
+fn status_of<M: StateMachine>(core: &Core<M>) -> Status {
+    Status {
+        id: core.id(),
+        leader: core.leader_id(),
+        term: core.term(),
+        role: core.role(),
+        applied: core.applied(),
+    }
+}
+
+type Reply<O> = oneshot::Sender<Result<O, RequestError>>;
+
+struct PendingRead {
+    reply: oneshot::Sender<Result<u64, RequestError>>,
+    deadline: Instant,
+    /// The ReadIndex round it waits on (0 = not yet issued), or the index once answered.
+    round: u64,
+    index: Option<u64>,
+}
+
+struct Task<M: StateMachine, T> {
+    core: Core<M>,
+    transport: T,
+    cfg: NodeConfig,
+    next_request: u64,
+    /// Request id -> (reply, deadline).
+    proposals: HashMap<u64, (Reply<M::Output>, Instant)>,
+    reads: Vec<PendingRead>,
+    /// Round id -> tick it was issued at.
+    read_rounds: HashMap<u64, u64>,
+    next_round: u64,
+    status: watch::Sender<Status>,
+}
+
+/// Ticks after which an unanswered ReadIndex round is issued again.
+const READ_RETRY_TICKS: u64 = 3;
+
+impl<M: StateMachine, T: Transport> Task<M, T> {
+    fn run(mut self, rx: mpsc::Receiver<Command<M::Output>>) {
+        let mut ticks = 0u64;
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => self.handle(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            // Batch whatever else is queued into the same Ready.
+            while let Ok(cmd) = rx.try_recv() {
+                self.handle(cmd);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.core.tick();
+                ticks += 1;
+                next_tick += self.cfg.tick;
+                if next_tick < now {
+                    next_tick = now + self.cfg.tick;
+                }
+                self.expire(now);
+            }
+            self.issue_reads(ticks);
+            if let Err(e) = self.advance() {
+                tracing::error!(node = self.core.id(), error = %e, "raft node stopped on a fatal error");
+                break;
+            }
+        }
+        for (_, (reply, _)) in self.proposals.drain() {
+            let _ = reply.send(Err(RequestError::Stopped));
+        }
+        for r in self.reads.drain(..) {
+            let _ = r.reply.send(Err(RequestError::Stopped));
+        }
+    }
+
+    fn handle(&mut self, cmd: Command<M::Output>) {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        match cmd {
+            Command::Propose(data, reply) => {
+                self.next_request += 1;
+                let id = self.next_request;
+                match self.core.propose(id, data) {
+                    Ok(()) => {
+                        self.proposals.insert(id, (reply, deadline));
+                    }
+                    Err(Error::Raft(raft::Error::ProposalDropped)) => {
+                        let _ = reply.send(Err(RequestError::NoLeader));
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = self.core.id(), error = %e, "proposal refused");
+                        let _ = reply.send(Err(RequestError::NoLeader));
+                    }
+                }
+            }
+            Command::Read(reply) => self.reads.push(PendingRead {
+                reply,
+                deadline,
+                round: 0,
+                index: None,
+            }),
+            Command::Step(m) => {
+                if let Err(e) = self.core.step(*m) {
+                    tracing::debug!(node = self.core.id(), error = %e, "message not stepped");
+                }
+            }
+            Command::Campaign => {
+                if let Err(e) = self.core.campaign() {
+                    tracing::debug!(node = self.core.id(), error = %e, "campaign refused");
+                }
+            }
+        }
+    }
+
+    /// Starts one ReadIndex round for every read not yet covered by a live round.
+    fn issue_reads(&mut self, ticks: u64) {
+        let stale: Vec<u64> = self
+            .read_rounds
+            .iter()
+            .filter(|(_, at)| ticks >= *at + READ_RETRY_TICKS)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in &stale {
+            self.read_rounds.remove(r);
+        }
+        let needs_round =
+            |r: &PendingRead| r.index.is_none() && (r.round == 0 || stale.contains(&r.round));
+        if !self.reads.iter().any(needs_round) {
+            return;
+        }
+        let round = self.next_round;
+        self.next_round += 1;
+        for r in self.reads.iter_mut().filter(|r| needs_round(r)) {
+            r.round = round;
+        }
+        self.read_rounds.insert(round, ticks);
+        self.core.read_index(round.to_be_bytes().to_vec());
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some((reply, _)) = self.proposals.remove(&id) {
+                let _ = reply.send(Err(RequestError::TimedOut));
+            }
+        }
+        let (keep, expired): (Vec<_>, Vec<_>) =
+            self.reads.drain(..).partition(|r| r.deadline > now);
+        self.reads = keep;
+        for r in expired {
+            let _ = r.reply.send(Err(RequestError::TimedOut));
+        }
+    }
+
+    fn advance(&mut self) -> Result<(), Error> {
+        let progress = self.core.advance()?;
+        if !progress.messages.is_empty() {
+            self.transport.send(progress.messages);
+        }
+        for a in progress.applied {
+            if let Some((reply, _)) = self.proposals.remove(&a.request_id) {
+                let _ = reply.send(Ok(a.output));
+            }
+        }
+        for rs in progress.reads {
+            let Ok(round) = <[u8; 8]>::try_from(&rs.request_ctx[..]).map(u64::from_be_bytes) else {
+                continue;
+            };
+            self.read_rounds.remove(&round);
+            for r in self.reads.iter_mut().filter(|r| r.round == round) {
+                r.index = Some(rs.index);
+            }
+        }
+        let applied = self.core.applied();
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .reads
+            .drain(..)
+            .partition(|r| r.index.is_some_and(|i| i <= applied));
+        self.reads = waiting;
+        for r in ready {
+            let _ = r.reply.send(Ok(r.index.unwrap_or(applied)));
+        }
+        let status = status_of(&self.core);
+        self.status.send_if_modified(|s| {
+            let changed = (s.leader, s.term, s.role) != (status.leader, status.term, status.role);
+            s.applied = status.applied;
+            if changed {
+                *s = status;
+            }
+            changed
+        });
+        Ok(())
+    }
+}
