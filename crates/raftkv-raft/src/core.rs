@@ -94,6 +94,8 @@ pub struct Progress<O> {
     pub reads: Vec<ReadState>,
     /// Set when the leader or this node's role changed: (leader id or 0, role).
     pub role_change: Option<(u64, StateRole)>,
+    /// Membership changes applied: (request id, the configuration after it).
+    pub conf_changes: Vec<(u64, ConfState)>,
 }
 
 impl<O> Default for Progress<O> {
@@ -103,6 +105,7 @@ impl<O> Default for Progress<O> {
             applied: Vec::new(),
             reads: Vec::new(),
             role_change: None,
+            conf_changes: Vec::new(),
         }
     }
 }
@@ -118,20 +121,17 @@ pub struct Core<M: StateMachine> {
 
 impl<M: StateMachine> Core<M> {
     /// Builds a core over `storage` (opened from the node's WAL directory). A fresh log is
-    /// bootstrapped with `voters` as the initial configuration; an existing one keeps its own.
+    /// bootstrapped with `voters` as the initial configuration (empty: join a running cluster,
+    /// which adds this node through a membership change); an existing log keeps its own.
     pub fn new(cfg: CoreConfig, mut storage: WalStorage, sm: M, voters: &[u64]) -> Result<Self> {
         let initial = storage.initial_state()?;
-        if initial.conf_state.voters.is_empty() && initial.hard_state == HardState::default() {
-            if voters.is_empty() {
-                return Err(Error::NodeConfig(
-                    "a fresh node needs its initial voters".into(),
-                ));
-            }
-            storage.set_conf_state(ConfState {
-                voters: voters.to_vec(),
-                ..Default::default()
-            })?;
-            storage.sync()?;
+        // A fresh log is bootstrapped with `voters`; with none, the node joins an existing
+        // cluster and learns its configuration from the leader.
+        let fresh = initial.conf_state.voters.is_empty()
+            && initial.conf_state.learners.is_empty()
+            && initial.hard_state == HardState::default();
+        if fresh && !voters.is_empty() {
+            bootstrap(&mut storage, voters)?;
         }
         let commit = storage.initial_state()?.hard_state.commit;
         let first = storage.first_index()?;
@@ -341,6 +341,7 @@ impl<M: StateMachine> Core<M> {
                     };
                     self.raw.mut_store().set_conf_state(cs.clone())?;
                     self.sm.on_conf_change(e.index, &cs);
+                    out.conf_changes.push((request_id, cs));
                 }
             }
             self.applied = e.index;
@@ -362,6 +363,39 @@ impl<M: StateMachine> Core<M> {
         self.last_compact = self.applied;
         Ok(())
     }
+}
+
+/// Writes the initial configuration as etcd does: one committed `AddNode` entry per voter at
+/// term 1, identical on every founding member, so a node that joins later and replays the log
+/// from the start learns the founding members before any later change.
+fn bootstrap(storage: &mut WalStorage, voters: &[u64]) -> Result<()> {
+    let mut voters = voters.to_vec();
+    voters.sort_unstable();
+    voters.dedup();
+    let mut entries = Vec::with_capacity(voters.len());
+    for (i, id) in voters.iter().enumerate() {
+        let mut cc = raft::prelude::ConfChange::default();
+        cc.set_change_type(raft::prelude::ConfChangeType::AddNode);
+        cc.node_id = *id;
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = 1;
+        e.index = i as u64 + 1;
+        e.data = cc.write_to_bytes().map_err(decode(e.index))?.into();
+        entries.push(e);
+    }
+    storage.append(&entries)?;
+    storage.set_conf_state(ConfState {
+        voters,
+        ..Default::default()
+    })?;
+    storage.set_hard_state(HardState {
+        term: 1,
+        vote: 0,
+        commit: entries.len() as u64,
+        ..Default::default()
+    })?;
+    storage.sync()
 }
 
 fn decode(index: u64) -> impl FnOnce(protobuf::ProtobufError) -> Error {

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raft::prelude::Message;
+use raft::prelude::{ConfChangeV2, ConfState, Message};
 use raft::StateRole;
 use tokio::sync::{oneshot, watch};
 
@@ -65,6 +65,8 @@ pub struct Status {
 
 enum Command<O> {
     Propose(Vec<u8>, Reply<O>),
+    ConfChange(ConfChangeV2, Reply<ConfState>),
+    TransferLeader(u64),
     Read(oneshot::Sender<Result<u64, RequestError>>),
     Step(Box<Message>),
     Campaign,
@@ -112,6 +114,22 @@ impl<O: Send + 'static> NodeHandle<O> {
         rx.await.map_err(|_| RequestError::Stopped)?
     }
 
+    /// Proposes a membership change (add/remove voters, add or promote learners; joint
+    /// consensus is left automatically) and waits until it is applied here; returns the new
+    /// configuration.
+    pub async fn change_membership(&self, cc: ConfChangeV2) -> Result<ConfState, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::ConfChange(cc, tx))
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Asks the leader (this node must be it) to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(Command::TransferLeader(to));
+    }
+
     /// Hands a message from a peer to the node.
     pub fn step(&self, m: Message) {
         let _ = self.tx.send(Command::Step(Box::new(m)));
@@ -155,6 +173,7 @@ where
         cfg,
         next_request: boot_nonce(id),
         proposals: HashMap::new(),
+        conf_changes: HashMap::new(),
         reads: Vec::new(),
         read_rounds: HashMap::new(),
         next_round: 1,
@@ -210,6 +229,8 @@ struct Task<M: StateMachine, T> {
     next_request: u64,
     /// Request id -> (reply, deadline).
     proposals: HashMap<u64, (Reply<M::Output>, Instant)>,
+    /// Request id -> (reply, deadline) for membership changes.
+    conf_changes: HashMap<u64, (Reply<ConfState>, Instant)>,
     reads: Vec<PendingRead>,
     /// Round id -> tick it was issued at.
     read_rounds: HashMap<u64, u64>,
@@ -254,6 +275,9 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
         for (_, (reply, _)) in self.proposals.drain() {
             let _ = reply.send(Err(RequestError::Stopped));
         }
+        for (_, (reply, _)) in self.conf_changes.drain() {
+            let _ = reply.send(Err(RequestError::Stopped));
+        }
         for r in self.reads.drain(..) {
             let _ = r.reply.send(Err(RequestError::Stopped));
         }
@@ -278,6 +302,20 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
                     }
                 }
             }
+            Command::ConfChange(cc, reply) => {
+                self.next_request += 1;
+                let id = self.next_request;
+                match self.core.propose_conf_change(id, cc) {
+                    Ok(()) => {
+                        self.conf_changes.insert(id, (reply, deadline));
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = self.core.id(), error = %e, "conf change refused");
+                        let _ = reply.send(Err(RequestError::NoLeader));
+                    }
+                }
+            }
+            Command::TransferLeader(to) => self.core.transfer_leader(to),
             Command::Read(reply) => self.reads.push(PendingRead {
                 reply,
                 deadline,
@@ -323,17 +361,8 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
     }
 
     fn expire(&mut self, now: Instant) {
-        let late: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some((reply, _)) = self.proposals.remove(&id) {
-                let _ = reply.send(Err(RequestError::TimedOut));
-            }
-        }
+        expire_waiters(&mut self.proposals, now);
+        expire_waiters(&mut self.conf_changes, now);
         let (keep, expired): (Vec<_>, Vec<_>) =
             self.reads.drain(..).partition(|r| r.deadline > now);
         self.reads = keep;
@@ -350,6 +379,11 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
         for a in progress.applied {
             if let Some((reply, _)) = self.proposals.remove(&a.request_id) {
                 let _ = reply.send(Ok(a.output));
+            }
+        }
+        for (id, cs) in progress.conf_changes {
+            if let Some((reply, _)) = self.conf_changes.remove(&id) {
+                let _ = reply.send(Ok(cs));
             }
         }
         for rs in progress.reads {
@@ -380,5 +414,19 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
             changed
         });
         Ok(())
+    }
+}
+
+/// Answers every waiter past its deadline with "request timed out".
+fn expire_waiters<O>(waiters: &mut HashMap<u64, (Reply<O>, Instant)>, now: Instant) {
+    let late: Vec<u64> = waiters
+        .iter()
+        .filter(|(_, (_, deadline))| *deadline <= now)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in late {
+        if let Some((reply, _)) = waiters.remove(&id) {
+            let _ = reply.send(Err(RequestError::TimedOut));
+        }
     }
 }

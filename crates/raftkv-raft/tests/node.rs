@@ -151,3 +151,61 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
         "etcdserver: request timed out"
     );
 }
+
+#[tokio::test]
+async fn a_learner_joins_is_promoted_and_removed() {
+    use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    let change = |kind: ConfChangeType, node: u64| ConfChangeV2 {
+        changes: vec![ConfChangeSingle {
+            change_type: kind,
+            node_id: node,
+            ..Default::default()
+        }]
+        .into(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let handles: Handles = Arc::new(OnceLock::new());
+    let mut nodes: Vec<_> = (1..=3)
+        .map(|id| start(dir.path(), id, &[1, 2, 3], &handles))
+        .collect();
+    // Node 4 starts empty and waits to be added.
+    nodes.push(start(dir.path(), 4, &[], &handles));
+    assert!(handles.set(nodes.clone()).is_ok());
+    for n in &nodes[..3] {
+        let mut status = n.watch_status();
+        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
+            .await
+            .expect("a leader within 10 s")
+            .unwrap();
+    }
+    let leader = nodes[0].status().leader as usize - 1;
+    propose(&nodes[leader], b"before".to_vec()).await.unwrap();
+    let cs = nodes[leader]
+        .change_membership(change(ConfChangeType::AddLearnerNode, 4))
+        .await
+        .unwrap();
+    assert_eq!((cs.voters.len(), cs.learners.as_slice()), (3, &[4][..]));
+    // The learner catches up: a read through it sees everything written before.
+    let (index, _) = propose(&nodes[leader], b"after".to_vec()).await.unwrap();
+    let mut status = nodes[3].watch_status();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
+        .await
+        .expect("the learner learns the leader")
+        .unwrap();
+    assert!(nodes[3].read_index().await.unwrap() >= index);
+    let cs = nodes[leader]
+        .change_membership(change(ConfChangeType::AddNode, 4))
+        .await
+        .unwrap();
+    let mut voters = cs.voters.clone();
+    voters.sort_unstable();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    assert!(cs.learners.is_empty());
+    let cs = nodes[leader]
+        .change_membership(change(ConfChangeType::RemoveNode, 4))
+        .await
+        .unwrap();
+    assert_eq!(cs.voters.len(), 3);
+    assert!(!cs.voters.contains(&4));
+}
