@@ -6,12 +6,11 @@
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use raft::prelude::Message;
+use raftkv_raft::loopback::Loopback;
 use raftkv_raft::node::{self, NodeConfig};
-use raftkv_raft::{NodeHandle, StateMachine, StorageConfig, Transport, WalStorage};
+use raftkv_raft::{StateMachine, StorageConfig, WalStorage};
 
 #[derive(Default)]
 struct Counter {
@@ -37,27 +36,11 @@ impl StateMachine for Counter {
     }
 }
 
-type Handles = Arc<OnceLock<Vec<NodeHandle<u64>>>>;
-
-struct Loopback(Handles);
-
-impl Transport for Loopback {
-    fn send(&self, messages: Vec<Message>) {
-        if let Some(nodes) = self.0.get() {
-            for m in messages {
-                if let Some(n) = nodes.get(m.to as usize - 1) {
-                    n.step(m);
-                }
-            }
-        }
-    }
-}
-
 async fn case(proposers: usize, secs: u64) {
     let dir =
         tempfile::tempdir_in(std::env::var("RAFTKV_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .expect("bench dir");
-    let handles: Handles = Arc::new(OnceLock::new());
+    let net = Loopback::new();
     let nodes: Vec<_> = (1..=3u64)
         .map(|id| {
             let (storage, _) =
@@ -65,18 +48,12 @@ async fn case(proposers: usize, secs: u64) {
                     .unwrap();
             let mut cfg = NodeConfig::new(id);
             cfg.core.snapshot_every = u64::MAX;
-            let (h, _join) = node::start(
-                cfg,
-                storage,
-                Counter::default(),
-                &[1, 2, 3],
-                Loopback(handles.clone()),
-            )
-            .unwrap();
+            let (h, _join) =
+                node::start(cfg, storage, Counter::default(), &[1, 2, 3], net.clone()).unwrap();
             h
         })
         .collect();
-    assert!(handles.set(nodes.clone()).is_ok());
+    assert!(net.connect(nodes.clone()));
     nodes[0].campaign();
     let mut status = nodes[0].watch_status();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))

@@ -29,6 +29,14 @@ pub trait StateMachine {
     /// skipped (return `None`).
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Option<Self::Output>;
 
+    /// Entry `index` is committed but carries nothing for the machine (a new leader's empty
+    /// entry, a membership change). A machine that produces snapshots must count it in
+    /// [`StateMachine::applied_index`], since a snapshot at `index` is announced with that index;
+    /// others may ignore it and see such entries again after a restart.
+    fn skip(&mut self, index: u64) {
+        let _ = index;
+    }
+
     /// A committed membership change took effect at `index`.
     fn on_conf_change(&mut self, index: u64, cs: &ConfState) {
         let _ = (index, cs);
@@ -36,6 +44,26 @@ pub trait StateMachine {
 
     /// Makes everything applied durable; called before the log below it is compacted.
     fn persist(&mut self) -> std::result::Result<(), String>;
+
+    /// A point-in-time copy of the whole state, at least as new as
+    /// [`StateMachine::applied_index`], to stream to a follower the log can no longer catch up.
+    /// It is written out on the transport's side, so it must not borrow the machine. The default
+    /// refuses: such a machine can only serve followers whose entries are still in the log.
+    fn snapshot(&self) -> std::result::Result<Box<dyn SnapshotSource>, String> {
+        Err("this state machine does not produce snapshots".into())
+    }
+
+    /// Replaces the whole state with a stream written by a [`SnapshotSource`] of this kind.
+    fn restore(&mut self, data: &mut dyn std::io::Read) -> std::result::Result<(), String> {
+        let _ = data;
+        Err("this state machine cannot install snapshots".into())
+    }
+}
+
+/// A state-machine snapshot being streamed to a follower.
+pub trait SnapshotSource: Send {
+    /// Writes the whole snapshot to `w`.
+    fn write_to(&mut self, w: &mut dyn std::io::Write) -> std::result::Result<(), String>;
 }
 
 /// Tuning of one core.
@@ -205,6 +233,16 @@ impl<M: StateMachine> Core<M> {
         self.raw.transfer_leader(to);
     }
 
+    /// Tells raft how streaming a snapshot to `id` ended.
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
+    }
+
     /// Tells raft a peer could not be reached, so it probes instead of pipelining.
     pub fn report_unreachable(&mut self, id: u64) {
         self.raw.report_unreachable(id);
@@ -260,6 +298,18 @@ impl<M: StateMachine> Core<M> {
     /// simulate a power loss with [`WalStorage::simulate_crash`] (the deterministic harness).
     pub fn into_parts(self) -> (WalStorage, M) {
         (self.raw.raft.r.raft_log.store, self.sm)
+    }
+
+    /// **For tests:** the election timeout raft-rs last drew (from `thread_rng`, at its last
+    /// role or term change).
+    pub fn randomized_election_timeout(&self) -> usize {
+        self.raw.raft.randomized_election_timeout()
+    }
+
+    /// **For tests:** replaces that draw (in `election_tick..2 * election_tick`), so a
+    /// deterministic harness takes election timing from its own seeded generator.
+    pub fn set_randomized_election_timeout(&mut self, ticks: usize) {
+        self.raw.raft.set_randomized_election_timeout(ticks);
     }
 
     /// Runs one round of the Ready loop if raft has anything ready.
@@ -318,15 +368,14 @@ impl<M: StateMachine> Core<M> {
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
             match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => self.sm.skip(e.index),
                 EntryType::EntryNormal => {
-                    if !e.data.is_empty() {
-                        if let Some(output) = self.sm.apply(e.index, e.term, &e.data) {
-                            out.applied.push(Applied {
-                                index: e.index,
-                                request_id,
-                                output,
-                            });
-                        }
+                    if let Some(output) = self.sm.apply(e.index, e.term, &e.data) {
+                        out.applied.push(Applied {
+                            index: e.index,
+                            request_id,
+                            output,
+                        });
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -341,6 +390,7 @@ impl<M: StateMachine> Core<M> {
                     };
                     self.raw.mut_store().set_conf_state(cs.clone())?;
                     self.sm.on_conf_change(e.index, &cs);
+                    self.sm.skip(e.index);
                     out.conf_changes.push((request_id, cs));
                 }
             }

@@ -7,6 +7,7 @@
 //!   deterministically.
 //! - [`logging`]: raft-rs's slog output bridged into `tracing`.
 //!
+//! - [`loopback`]: an in-process [`Transport`] for tests, benchmarks and one-process clusters.
 //! - [`node`]: the node thread around a [`Core`]: a timer, a command channel, request waiters
 //!   with deadlines, batched ReadIndex, and a [`Transport`] for outbound messages.
 //!
@@ -17,12 +18,13 @@
 pub mod core;
 mod error;
 pub mod logging;
+pub mod loopback;
 pub mod node;
 pub mod storage;
 pub mod wal;
 
-pub use crate::core::{Applied, Core, CoreConfig, Progress, StateMachine};
+pub use crate::core::{Applied, Core, CoreConfig, Progress, SnapshotSource, StateMachine};
 pub use error::{Damage, Error, RequestError, Result};
-pub use node::{NodeConfig, NodeHandle, Status, Transport};
+pub use node::{NodeConfig, NodeHandle, SnapshotDone, Status, Transport};
 pub use storage::{StorageConfig, WalStorage};
 pub use wal::{Recovered, TruncatedTail, Wal, WalConfig};

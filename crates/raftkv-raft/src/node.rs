@@ -16,7 +16,7 @@ use raft::prelude::{ConfChangeV2, ConfState, Message};
 use raft::StateRole;
 use tokio::sync::{oneshot, watch};
 
-use crate::core::{Core, CoreConfig, StateMachine};
+use crate::core::{Core, CoreConfig, SnapshotSource, StateMachine};
 use crate::error::{Error, RequestError};
 use crate::storage::WalStorage;
 
@@ -24,7 +24,16 @@ use crate::storage::WalStorage;
 pub trait Transport: Send + 'static {
     /// Sends messages to their `to` peers, best effort (Raft retries what is lost).
     fn send(&self, messages: Vec<Message>);
+
+    /// Streams a state-machine snapshot to `msg.to`, then delivers `msg` (the `MsgSnapshot`
+    /// announcing it) so that the peer installs the data (with [`NodeHandle::install_snapshot`])
+    /// before it steps the message. Calls `done` with whether the peer got it; the node reports
+    /// that to raft. Runs the stream on the transport's own task or thread, never the caller's.
+    fn send_snapshot(&self, msg: Message, data: Box<dyn SnapshotSource>, done: SnapshotDone);
 }
+
+/// Called by a [`Transport`] when a snapshot stream ends: `true` if the peer installed it.
+pub type SnapshotDone = Box<dyn FnOnce(bool) + Send>;
 
 /// Tuning of the node task.
 #[derive(Clone, Debug)]
@@ -69,6 +78,12 @@ enum Command<O> {
     TransferLeader(u64),
     Read(oneshot::Sender<Result<u64, RequestError>>),
     Step(Box<Message>),
+    InstallSnapshot(
+        Box<Message>,
+        Box<dyn std::io::Read + Send>,
+        oneshot::Sender<bool>,
+    ),
+    SnapshotReport(u64, bool),
     Campaign,
 }
 
@@ -135,6 +150,41 @@ impl<O: Send + 'static> NodeHandle<O> {
         let _ = self.tx.send(Command::Step(Box::new(m)));
     }
 
+    /// Installs a snapshot stream received from the leader, then steps the `MsgSnapshot` that
+    /// announced it. Returns whether the state machine accepted the data.
+    pub async fn install_snapshot(
+        &self,
+        msg: Message,
+        data: Box<dyn std::io::Read + Send>,
+    ) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::InstallSnapshot(Box::new(msg), data, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// [`NodeHandle::install_snapshot`] for a plain thread (not inside an async runtime).
+    pub fn install_snapshot_blocking(
+        &self,
+        msg: Message,
+        data: Box<dyn std::io::Read + Send>,
+    ) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::InstallSnapshot(Box::new(msg), data, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.blocking_recv().unwrap_or(false)
+    }
+
     /// Asks the node to start an election now.
     pub fn campaign(&self) {
         let _ = self.tx.send(Command::Campaign);
@@ -178,6 +228,7 @@ where
         read_rounds: HashMap::new(),
         next_round: 1,
         status: status_tx,
+        commands: tx.clone(),
     };
     let join = thread::Builder::new()
         .name(format!("raft-node-{id}"))
@@ -236,12 +287,17 @@ struct Task<M: StateMachine, T> {
     read_rounds: HashMap<u64, u64>,
     next_round: u64,
     status: watch::Sender<Status>,
+    /// A sender into its own command channel, for snapshot completion reports.
+    commands: mpsc::Sender<Command<M::Output>>,
 }
 
 /// Ticks after which an unanswered ReadIndex round is issued again.
 const READ_RETRY_TICKS: u64 = 3;
 
-impl<M: StateMachine, T: Transport> Task<M, T> {
+impl<M: StateMachine, T: Transport> Task<M, T>
+where
+    M::Output: Send + 'static,
+{
     fn run(mut self, rx: mpsc::Receiver<Command<M::Output>>) {
         let mut ticks = 0u64;
         let mut next_tick = Instant::now() + self.cfg.tick;
@@ -322,11 +378,37 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
                 round: 0,
                 index: None,
             }),
+            Command::Step(m) if m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot => {
+                // Only `install_snapshot` may step one: the data must be installed first.
+                tracing::warn!(
+                    node = self.core.id(),
+                    from = m.from,
+                    "snapshot message without its data dropped"
+                );
+            }
             Command::Step(m) => {
                 if let Err(e) = self.core.step(*m) {
                     tracing::debug!(node = self.core.id(), error = %e, "message not stepped");
                 }
             }
+            Command::InstallSnapshot(msg, mut data, reply) => {
+                let index = msg.get_snapshot().get_metadata().index;
+                let ok = match self.core.state_machine_mut().restore(&mut data) {
+                    Ok(()) => match self.core.step(*msg) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(node = self.core.id(), index, error = %e, "snapshot message not stepped");
+                            false
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(node = self.core.id(), index, error = %e, "snapshot not installed");
+                        false
+                    }
+                };
+                let _ = reply.send(ok);
+            }
+            Command::SnapshotReport(to, ok) => self.core.report_snapshot(to, ok),
             Command::Campaign => {
                 if let Err(e) = self.core.campaign() {
                     tracing::debug!(node = self.core.id(), error = %e, "campaign refused");
@@ -371,10 +453,40 @@ impl<M: StateMachine, T: Transport> Task<M, T> {
         }
     }
 
+    fn send_snapshot(&mut self, m: Message) {
+        let to = m.to;
+        match self.core.state_machine().snapshot() {
+            Ok(data) => {
+                let tx = self.commands.clone();
+                let done: SnapshotDone = Box::new(move |ok| {
+                    let _ = tx.send(Command::SnapshotReport(to, ok));
+                });
+                tracing::info!(
+                    node = self.core.id(),
+                    to,
+                    index = m.get_snapshot().get_metadata().index,
+                    "streaming snapshot"
+                );
+                self.transport.send_snapshot(m, data, done);
+            }
+            Err(e) => {
+                tracing::warn!(node = self.core.id(), to, error = %e, "no snapshot for a lagging follower");
+                self.core.report_snapshot(to, false);
+            }
+        }
+    }
+
     fn advance(&mut self) -> Result<(), Error> {
-        let progress = self.core.advance()?;
-        if !progress.messages.is_empty() {
-            self.transport.send(progress.messages);
+        let mut progress = self.core.advance()?;
+        let (snapshots, messages): (Vec<_>, Vec<_>) = progress
+            .messages
+            .drain(..)
+            .partition(|m| m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot);
+        if !messages.is_empty() {
+            self.transport.send(messages);
+        }
+        for m in snapshots {
+            self.send_snapshot(m);
         }
         for a in progress.applied {
             if let Some((reply, _)) = self.proposals.remove(&a.request_id) {
