@@ -334,7 +334,12 @@ impl<M: StateMachine> Core<M> {
         if let Some(hs) = rd.hs() {
             store.set_hard_state(hs.clone())?;
         }
-        store.sync()?;
+        // As etcd: fsync only when raft needs it (new entries, a new term or vote). A Ready that
+        // only moves the commit index leaves its record buffered for the next sync; a lost
+        // commit index is learned again from the leader.
+        if rd.must_sync() {
+            store.sync()?;
+        }
         out.reads.extend(rd.take_read_states());
         out.messages.extend(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
