@@ -411,7 +411,13 @@ impl<M: StateMachine> Core<M> {
             return Ok(());
         }
         self.sm.persist().map_err(Error::StateMachine)?;
-        let to = self.applied.saturating_sub(self.cfg.keep_entries);
+        // Keep every entry the machine has not persisted: one that ignores entries without a
+        // payload (`StateMachine::skip`'s default) lags `applied` after leader changes, and a
+        // log starting past its index + 1 could not be replayed on restart.
+        let to = self
+            .applied
+            .saturating_sub(self.cfg.keep_entries)
+            .min(self.sm.applied_index() + 1);
         if to > self.raw.store().first_index()? {
             self.raw.mut_store().compact(to)?;
         }
