@@ -101,7 +101,7 @@ fn start_with(
     let (storage, _) = WalStorage::open(dir.join(id.to_string()), storage_cfg).unwrap();
     let mut cfg = NodeConfig::new(id);
     cfg.tick = Duration::from_millis(10);
-    cfg.request_timeout = Duration::from_millis(500);
+    cfg.request_timeout = Duration::from_secs(3);
     cfg.core.snapshot_every = snapshot_every;
     cfg.core.keep_entries = 0;
     let (handle, _join) = node::start(cfg, storage, Log::default(), voters, net.clone()).unwrap();
@@ -332,13 +332,26 @@ async fn two_changes_at_once_go_through_joint_consensus_and_leadership_moves_on_
         let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
     }
     assert!(settled, "node 5 follows the leader");
-    // Leadership moves to node 4 when asked.
-    nodes[leader as usize - 1].transfer_leader(4);
+    // Leadership moves to node 4 when asked. raft aborts a transfer that does not finish
+    // within an election timeout (e.g. node 4 still catching up, or the leader still leaving
+    // the joint configuration), so ask again until a deadline.
     let mut status = nodes[3].watch_status();
-    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader == 4))
-        .await
-        .expect("leadership moves to node 4")
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status.borrow_and_update().leader != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leadership never moved to node 4"
+        );
+        let current = nodes[3].status().leader;
+        if current != 0 {
+            nodes[current as usize - 1].transfer_leader(4);
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_millis(300),
+            status.wait_for(|s| s.leader == 4),
+        )
+        .await;
+    }
     let (_, count) = propose(&nodes[3], b"from the new leader".to_vec())
         .await
         .unwrap();
