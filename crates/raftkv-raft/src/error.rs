@@ -235,6 +235,9 @@ pub enum RequestError {
     /// The request did not commit (or the read index did not arrive) before its deadline.
     #[error("etcdserver: request timed out")]
     TimedOut,
+    /// Leadership moved while the request waited for the leader (a ReadIndex round).
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// The node stopped before the request completed.
     #[error("etcdserver: server stopped")]
     Stopped,

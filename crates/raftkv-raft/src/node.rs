@@ -5,7 +5,8 @@
 //!
 //! Every waiter has a deadline: a proposal raft drops (no leader) fails at once with
 //! [`RequestError::NoLeader`], one that never commits fails with [`RequestError::TimedOut`]. A
-//! ReadIndex round that raft drops is retried every few ticks until its deadline.
+//! ReadIndex round that raft drops is retried every few ticks until its deadline; one still
+//! unanswered when leadership moves fails with [`RequestError::LeaderChanged`], as in etcd.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -517,6 +518,20 @@ where
             let _ = r.reply.send(Ok(r.index.unwrap_or(applied)));
         }
         let status = status_of(&self.core);
+        let old_leader = self.status.borrow().leader;
+        if old_leader != 0 && status.leader != old_leader {
+            // As etcd: a read whose ReadIndex round had not returned when leadership moved fails
+            // with "leader changed" (the client retries); reads already holding an index wait on.
+            let (lost, keep): (Vec<_>, Vec<_>) = self
+                .reads
+                .drain(..)
+                .partition(|r| r.index.is_none() && r.round != 0);
+            self.reads = keep;
+            self.read_rounds.clear();
+            for r in lost {
+                let _ = r.reply.send(Err(RequestError::LeaderChanged));
+            }
+        }
         self.status.send_if_modified(|s| {
             let changed = (s.leader, s.term, s.role) != (status.leader, status.term, status.role);
             s.applied = status.applied;
