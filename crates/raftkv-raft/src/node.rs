@@ -158,15 +158,10 @@ impl<O: Send + 'static> NodeHandle<O> {
         msg: Message,
         data: Box<dyn std::io::Read + Send>,
     ) -> bool {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Command::InstallSnapshot(Box::new(msg), data, tx))
-            .is_err()
-        {
-            return false;
+        match self.send_install(msg, data) {
+            Some(rx) => rx.await.unwrap_or(false),
+            None => false,
         }
-        rx.await.unwrap_or(false)
     }
 
     /// [`NodeHandle::install_snapshot`] for a plain thread (not inside an async runtime).
@@ -175,15 +170,20 @@ impl<O: Send + 'static> NodeHandle<O> {
         msg: Message,
         data: Box<dyn std::io::Read + Send>,
     ) -> bool {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Command::InstallSnapshot(Box::new(msg), data, tx))
-            .is_err()
-        {
-            return false;
+        match self.send_install(msg, data) {
+            Some(rx) => rx.blocking_recv().unwrap_or(false),
+            None => false,
         }
-        rx.blocking_recv().unwrap_or(false)
+    }
+
+    fn send_install(
+        &self,
+        msg: Message,
+        data: Box<dyn std::io::Read + Send>,
+    ) -> Option<oneshot::Receiver<bool>> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::InstallSnapshot(Box::new(msg), data, tx);
+        self.tx.send(cmd).ok().map(|()| rx)
     }
 
     /// Asks the node to start an election now.

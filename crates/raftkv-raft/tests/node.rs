@@ -125,6 +125,17 @@ async fn propose(
     }
 }
 
+/// Waits until every node in `nodes` knows a leader (statuses are published on change).
+async fn wait_for_leader(nodes: &[NodeHandle<(u64, usize)>]) {
+    for n in nodes {
+        let mut status = n.watch_status();
+        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
+            .await
+            .expect("a leader within 10 s")
+            .unwrap();
+    }
+}
+
 /// ReadIndex, asking again only when leadership moved under the round (as etcd clients do).
 async fn read(n: &NodeHandle<(u64, usize)>) -> Result<u64, RequestError> {
     for _ in 0..10 {
@@ -145,13 +156,7 @@ async fn proposals_and_reads_through_every_node() {
         .collect();
     assert!(net.connect(nodes.clone()));
     // Every node learns the leader (statuses are published on change: no polling).
-    for n in &nodes {
-        let mut status = n.watch_status();
-        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
-            .await
-            .expect("a leader within 10 s")
-            .unwrap();
-    }
+    wait_for_leader(&nodes).await;
     let mut last = 0;
     for (i, n) in nodes.iter().enumerate() {
         let out = propose(n, vec![i as u8]).await;
@@ -209,13 +214,7 @@ async fn a_learner_joins_is_promoted_and_removed() {
     // Node 4 starts empty and waits to be added.
     nodes.push(start(dir.path(), 4, &[], &net));
     assert!(net.connect(nodes.clone()));
-    for n in &nodes[..3] {
-        let mut status = n.watch_status();
-        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
-            .await
-            .expect("a leader within 10 s")
-            .unwrap();
-    }
+    wait_for_leader(&nodes[..3]).await;
     let leader = nodes[0].status().leader as usize - 1;
     propose(&nodes[leader], b"before".to_vec()).await.unwrap();
     let cs = nodes[leader]
@@ -257,13 +256,7 @@ async fn a_node_behind_the_compacted_log_catches_up_by_snapshot() {
         .collect();
     nodes.push(start_with(dir.path(), 4, &[], &net, 5));
     assert!(net.connect(nodes.clone()));
-    for n in &nodes[..3] {
-        let mut status = n.watch_status();
-        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
-            .await
-            .expect("a leader within 10 s")
-            .unwrap();
-    }
+    wait_for_leader(&nodes[..3]).await;
     let leader = nodes[0].status().leader as usize - 1;
     for i in 0..20u8 {
         propose(&nodes[leader], vec![i]).await.unwrap();
@@ -303,13 +296,7 @@ async fn two_changes_at_once_go_through_joint_consensus_and_leadership_moves_on_
     nodes.push(start(dir.path(), 4, &[], &net));
     nodes.push(start(dir.path(), 5, &[], &net));
     assert!(net.connect(nodes.clone()));
-    for n in &nodes[..3] {
-        let mut status = n.watch_status();
-        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
-            .await
-            .expect("a leader within 10 s")
-            .unwrap();
-    }
+    wait_for_leader(&nodes[..3]).await;
     let leader = nodes[0].status().leader;
     // Two voters at once: raft enters a joint configuration and leaves it by itself.
     let add = |id| ConfChangeSingle {
