@@ -67,6 +67,30 @@ impl Drop for Shared {
     }
 }
 
+/// Opens sled. When the same process closed the store a moment ago, sled's flusher thread may
+/// still hold the directory's file lock for a few milliseconds: wait that out (bounded) instead
+/// of failing a restart. Another process holding the lock still fails after the bound.
+fn open_sled(config: &Config) -> Result<sled::Db> {
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(config.flush_every_ms)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 pub(crate) fn tree_name(generation: u64) -> String {
     format!("kv-{generation}")
 }
@@ -75,11 +99,7 @@ impl Store {
     /// Opens (or creates) the store at `config.path`, rebuilding the in-memory index from disk.
     pub fn open(config: Config) -> Result<Store> {
         config.validate()?;
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity)
-            .flush_every_ms(config.flush_every_ms)
-            .open()?;
+        let db = open_sled(&config)?;
         let generation = match db.get(ACTIVE)? {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
                 path: config.path.clone(),

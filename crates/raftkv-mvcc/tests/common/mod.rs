@@ -938,23 +938,10 @@ impl Rng {
     }
 }
 
-/// Opens the store at `cfg.path` again after its previous handle was dropped. sled releases its
-/// file lock from a background thread shortly after the last handle drops, so an immediate
-/// reopen in the same process can see "could not acquire lock": retry that (only that) briefly.
+/// Opens the store at `cfg.path` again after its previous handle was dropped (`Store::open`
+/// itself waits out the moment sled's background thread still holds the directory lock).
 pub fn reopen(cfg: &raftkv_mvcc::Config) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(cfg.clone()) {
-            Ok(s) => return s,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            Err(e) => panic!("reopen {}: {e}", cfg.path.display()),
-        }
-    }
+    Store::open(cfg.clone()).unwrap_or_else(|e| panic!("reopen {}: {e}", cfg.path.display()))
 }
 
 // -------------------------------------------------------------------- a random workload
