@@ -314,6 +314,20 @@ impl<M: StateMachine> Core<M> {
 
     /// Runs one round of the Ready loop if raft has anything ready.
     pub fn advance(&mut self) -> Result<Progress<M::Output>> {
+        let mut early = Vec::new();
+        let mut out = self.advance_with(&mut |m| early.extend(m))?;
+        early.append(&mut out.messages);
+        out.messages = early;
+        Ok(out)
+    }
+
+    /// [`Core::advance`], handing the messages raft allows out before persisting (a leader's
+    /// appends, heartbeats) to `send_early` at once, so followers write in parallel with this
+    /// node's fsync instead of after it. [`Progress::messages`] then holds only the rest.
+    pub fn advance_with(
+        &mut self,
+        send_early: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<Progress<M::Output>> {
         let mut out = Progress::default();
         if !self.raw.has_ready() {
             return Ok(out);
@@ -322,7 +336,10 @@ impl<M: StateMachine> Core<M> {
         if let Some(ss) = rd.ss() {
             out.role_change = Some((ss.leader_id, ss.raft_state));
         }
-        out.messages.extend(rd.take_messages());
+        let early = rd.take_messages();
+        if !early.is_empty() {
+            send_early(early);
+        }
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone())?;
         }

@@ -478,14 +478,20 @@ where
     }
 
     fn advance(&mut self) -> Result<(), Error> {
-        let mut progress = self.core.advance()?;
-        let (snapshots, messages): (Vec<_>, Vec<_>) = progress
-            .messages
-            .drain(..)
-            .partition(|m| m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot);
-        if !messages.is_empty() {
-            self.transport.send(messages);
-        }
+        let mut snapshots = Vec::new();
+        let transport = &self.transport;
+        let mut send = |messages: Vec<Message>| {
+            let (snaps, rest): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|m| m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot);
+            snapshots.extend(snaps);
+            if !rest.is_empty() {
+                transport.send(rest);
+            }
+        };
+        // Appends leave before this node's fsync; the rest (votes, acks) after it.
+        let mut progress = self.core.advance_with(&mut send)?;
+        send(std::mem::take(&mut progress.messages));
         for m in snapshots {
             self.send_snapshot(m);
         }
