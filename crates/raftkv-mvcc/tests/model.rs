@@ -766,25 +766,7 @@ fn model_sanity() {
     assert!(m.txn(&missing(1, 0)).unwrap().succeeded);
     assert_eq!(m.rev, 5);
     // Puts are checked before ranges, across the whole path.
-    let t = TxnRequest {
-        success: vec![
-            RequestOp {
-                request: Some(Request::RequestRange(RangeRequest {
-                    key: b"a".to_vec(),
-                    revision: 100,
-                    ..Default::default()
-                })),
-            },
-            RequestOp {
-                request: Some(Request::RequestPut(PutRequest {
-                    key: b"b".to_vec(),
-                    lease: 7,
-                    ..Default::default()
-                })),
-            },
-        ],
-        ..Default::default()
-    };
+    let t = future_range_then_unknown_lease_put();
     assert_eq!(
         m.clone().txn(&t),
         Err(MErr::Req(RequestError::LeaseNotFound))
@@ -817,11 +799,9 @@ fn model_sanity() {
 }
 
 /// Regression cases found while writing the suite, kept as plain tests.
-#[test]
-fn txn_checks_puts_before_ranges() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(Config::new(dir.path())).unwrap();
-    let t = TxnRequest {
+/// A txn breaking two rules: a range at a future revision, then a put with an unknown lease.
+fn future_range_then_unknown_lease_put() -> TxnRequest {
+    TxnRequest {
         success: vec![
             RequestOp {
                 request: Some(Request::RequestRange(RangeRequest {
@@ -839,7 +819,14 @@ fn txn_checks_puts_before_ranges() {
             },
         ],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn txn_checks_puts_before_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(Config::new(dir.path())).unwrap();
+    let t = future_range_then_unknown_lease_put();
     // etcd (apply.go Txn) runs checkRequests(checkPut) over the whole path, then checkRange.
     assert_eq!(
         store.txn(1, &t).unwrap_err().as_request(),
