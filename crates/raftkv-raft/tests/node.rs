@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raftkv_raft::loopback::Loopback;
 use raftkv_raft::node::{self, NodeConfig};
 use raftkv_raft::{
@@ -80,10 +81,6 @@ impl SnapshotSource for LogSnapshot {
 
 type Net = Loopback<(u64, usize)>;
 
-fn start(dir: &std::path::Path, id: u64, voters: &[u64], net: &Net) -> NodeHandle<(u64, usize)> {
-    start_with(dir, id, voters, net, 10_000)
-}
-
 fn start_with(
     dir: &std::path::Path,
     id: u64,
@@ -136,6 +133,40 @@ async fn wait_for_leader(nodes: &[NodeHandle<(u64, usize)>]) {
     }
 }
 
+/// Three founding voters plus `joiners` nodes started empty, all connected; returns the
+/// tempdir (keep it alive), the network and the handles (founders first, ids from 1).
+fn cluster(
+    joiners: u64,
+    snapshot_every: u64,
+) -> (tempfile::TempDir, Net, Vec<NodeHandle<(u64, usize)>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let nodes: Vec<_> = (1..=3 + joiners)
+        .map(|id| {
+            let voters: &[u64] = if id <= 3 { &[1, 2, 3] } else { &[] };
+            start_with(dir.path(), id, voters, &net, snapshot_every)
+        })
+        .collect();
+    assert!(net.connect(nodes.clone()));
+    (dir, net, nodes)
+}
+
+/// A membership change of one or more single changes.
+fn conf_change(changes: &[(ConfChangeType, u64)]) -> ConfChangeV2 {
+    ConfChangeV2 {
+        changes: changes
+            .iter()
+            .map(|&(change_type, node_id)| ConfChangeSingle {
+                change_type,
+                node_id,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+            .into(),
+        ..Default::default()
+    }
+}
+
 /// ReadIndex, asking again only when leadership moved under the round (as etcd clients do).
 async fn read(n: &NodeHandle<(u64, usize)>) -> Result<u64, RequestError> {
     for _ in 0..10 {
@@ -149,12 +180,7 @@ async fn read(n: &NodeHandle<(u64, usize)>) -> Result<u64, RequestError> {
 
 #[tokio::test]
 async fn proposals_and_reads_through_every_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new();
-    let nodes: Vec<_> = (1..=3)
-        .map(|id| start(dir.path(), id, &[1, 2, 3], &net))
-        .collect();
-    assert!(net.connect(nodes.clone()));
+    let (_dir, _net, nodes) = cluster(0, 10_000);
     // Every node learns the leader (statuses are published on change: no polling).
     wait_for_leader(&nodes).await;
     let mut last = 0;
@@ -180,7 +206,7 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::new();
     // Node 1 of a three-node cluster whose peers never start.
-    let lone = start(dir.path(), 1, &[1, 2, 3], &net);
+    let lone = start_with(dir.path(), 1, &[1, 2, 3], &net, 10_000);
     assert!(net.connect([lone.clone()]));
     assert_eq!(
         lone.propose(b"x".to_vec()).await,
@@ -196,24 +222,9 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
 
 #[tokio::test]
 async fn a_learner_joins_is_promoted_and_removed() {
-    use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-    let change = |kind: ConfChangeType, node: u64| ConfChangeV2 {
-        changes: vec![ConfChangeSingle {
-            change_type: kind,
-            node_id: node,
-            ..Default::default()
-        }]
-        .into(),
-        ..Default::default()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new();
-    let mut nodes: Vec<_> = (1..=3)
-        .map(|id| start(dir.path(), id, &[1, 2, 3], &net))
-        .collect();
+    let change = |kind, node| conf_change(&[(kind, node)]);
     // Node 4 starts empty and waits to be added.
-    nodes.push(start(dir.path(), 4, &[], &net));
-    assert!(net.connect(nodes.clone()));
+    let (_dir, _net, nodes) = cluster(1, 10_000);
     wait_for_leader(&nodes[..3]).await;
     let leader = nodes[0].status().leader as usize - 1;
     propose(&nodes[leader], b"before".to_vec()).await.unwrap();
@@ -248,29 +259,14 @@ async fn a_learner_joins_is_promoted_and_removed() {
 
 #[tokio::test]
 async fn a_node_behind_the_compacted_log_catches_up_by_snapshot() {
-    use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new();
-    let mut nodes: Vec<_> = (1..=3)
-        .map(|id| start_with(dir.path(), id, &[1, 2, 3], &net, 5))
-        .collect();
-    nodes.push(start_with(dir.path(), 4, &[], &net, 5));
-    assert!(net.connect(nodes.clone()));
+    let (_dir, _net, nodes) = cluster(1, 5);
     wait_for_leader(&nodes[..3]).await;
     let leader = nodes[0].status().leader as usize - 1;
     for i in 0..20u8 {
         propose(&nodes[leader], vec![i]).await.unwrap();
     }
     // The leader's log no longer starts at 1: the newcomer can only get a snapshot.
-    let cc = ConfChangeV2 {
-        changes: vec![ConfChangeSingle {
-            change_type: ConfChangeType::AddLearnerNode,
-            node_id: 4,
-            ..Default::default()
-        }]
-        .into(),
-        ..Default::default()
-    };
+    let cc = conf_change(&[(ConfChangeType::AddLearnerNode, 4)]);
     nodes[leader].change_membership(cc).await.unwrap();
     let mut status = nodes[3].watch_status();
     tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
@@ -287,27 +283,11 @@ async fn a_node_behind_the_compacted_log_catches_up_by_snapshot() {
 
 #[tokio::test]
 async fn two_changes_at_once_go_through_joint_consensus_and_leadership_moves_on_request() {
-    use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new();
-    let mut nodes: Vec<_> = (1..=3)
-        .map(|id| start(dir.path(), id, &[1, 2, 3], &net))
-        .collect();
-    nodes.push(start(dir.path(), 4, &[], &net));
-    nodes.push(start(dir.path(), 5, &[], &net));
-    assert!(net.connect(nodes.clone()));
+    let (_dir, _net, nodes) = cluster(2, 10_000);
     wait_for_leader(&nodes[..3]).await;
     let leader = nodes[0].status().leader;
     // Two voters at once: raft enters a joint configuration and leaves it by itself.
-    let add = |id| ConfChangeSingle {
-        change_type: ConfChangeType::AddNode,
-        node_id: id,
-        ..Default::default()
-    };
-    let cc = ConfChangeV2 {
-        changes: vec![add(4), add(5)].into(),
-        ..Default::default()
-    };
+    let cc = conf_change(&[(ConfChangeType::AddNode, 4), (ConfChangeType::AddNode, 5)]);
     let joint = nodes[leader as usize - 1]
         .change_membership(cc)
         .await
