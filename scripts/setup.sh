@@ -11,7 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 #   etcd-client  - stock `etcdctl`, the compatibility tests' client
 #   etcd-server  - the reference etcd, for side-by-side benchmarks and behaviour checks
 #   build-essential, pkg-config - C toolchain for crates that build C code
-APT_PACKAGES=(etcd-client etcd-server build-essential pkg-config)
+#   protobuf-compiler - `protoc`, needed only by the crates.io `etcd-client` (a dev-dependency of
+#                 the end-to-end tests) at build time; raftkv's own protos use the pure-Rust protox
+APT_PACKAGES=(etcd-client etcd-server build-essential pkg-config protobuf-compiler)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,5 +41,6 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || log "rustup could not add rustfmt/clippy (already present?)"
 fi
 
-# No system protoc is needed: protos are compiled by the pure-Rust `protox` at build time.
+# raftkv itself needs no protoc (protox compiles its protos); `protoc` above is for the tests'
+# etcd-client dependency.
 log "ok: $(cargo --version), $(etcdctl version 2>/dev/null | sed -n 1p)"

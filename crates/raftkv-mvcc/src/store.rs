@@ -359,6 +359,13 @@ impl Store {
         })
     }
 
+    /// Records that Raft entry `index` was applied without touching the store (a new leader's
+    /// empty entry, a membership change, a request for another part of the node), so that the
+    /// consistent index, and the snapshots announced with it, count it.
+    pub fn skip(&self, index: u64) -> Result<()> {
+        self.apply(index, |_| Ok(())).map(|_| ())
+    }
+
     /// One lease, with its attached keys if `with_keys`.
     pub fn lease(&self, id: i64, with_keys: bool) -> Result<Option<LeaseInfo>> {
         Ok(self.read()?.leases.get(&id).map(|l| l.info(id, with_keys)))

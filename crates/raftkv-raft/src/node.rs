@@ -86,6 +86,7 @@ enum Command<O> {
     ),
     SnapshotReport(u64, bool),
     Campaign,
+    Stop,
 }
 
 /// A cloneable handle to a running node. Dropping every handle stops the node.
@@ -189,6 +190,12 @@ impl<O: Send + 'static> NodeHandle<O> {
     /// Asks the node to start an election now.
     pub fn campaign(&self) {
         let _ = self.tx.send(Command::Campaign);
+    }
+
+    /// Stops the node: pending requests fail with [`RequestError::Stopped`] and the node thread
+    /// exits after its current Ready. (The node also stops when every handle is dropped.)
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
     }
 
     /// The latest status.
@@ -305,12 +312,18 @@ where
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
+                Ok(Command::Stop) => break,
                 Ok(cmd) => self.handle(cmd),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             // Batch whatever else is queued into the same Ready.
+            let mut stop = false;
             while let Ok(cmd) = rx.try_recv() {
+                if matches!(cmd, Command::Stop) {
+                    stop = true;
+                    break;
+                }
                 self.handle(cmd);
             }
             let now = Instant::now();
@@ -326,6 +339,9 @@ where
             self.issue_reads(ticks);
             if let Err(e) = self.advance() {
                 tracing::error!(node = self.core.id(), error = %e, "raft node stopped on a fatal error");
+                break;
+            }
+            if stop {
                 break;
             }
         }
@@ -410,6 +426,7 @@ where
                 let _ = reply.send(ok);
             }
             Command::SnapshotReport(to, ok) => self.core.report_snapshot(to, ok),
+            Command::Stop => {}
             Command::Campaign => {
                 if let Err(e) = self.core.campaign() {
                     tracing::debug!(node = self.core.id(), error = %e, "campaign refused");

@@ -1,5 +1,34 @@
-//! A raftkv node: the state machine joining Raft to MVCC, the lessor, the watch hub and the
-//! etcd v3 gRPC services.
+//! A raftkv node: Raft entries applied to the MVCC store, the lessor, the watch hub, the etcd v3
+//! gRPC services and the peer transport, wired together by [`Server`].
 //!
-//! Filled by the node issue; until then it exports nothing.
+//! - [`config`]: [`Config`], etcd's settings under etcd's names.
+//! - [`server`]: [`Server::start`] opens the data dir, starts the Raft node and serves clients
+//!   and peers; the embedding API.
+//! - [`apply`]: the state machine: decodes each committed entry and applies it to the store.
+//! - [`kv`], [`lease`], [`cluster`], [`maintenance`]: the etcd gRPC services; [`context`] is
+//!   what they share.
+//! - [`members`]: the membership table and alarms, with member and cluster ids.
+//! - [`lessor`]: lease deadlines on the leader, expiry, keep-alives and TTL checkpoints.
+//! - [`watch`]: the Watch service: history replay then live events, per stream.
+//! - [`transport`]: Raft messages and snapshots between members over tonic streams.
+//! - [`header`], [`error`]: response headers and etcd's error codes and messages.
 #![deny(missing_docs)]
+
+pub mod apply;
+pub mod cluster;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod header;
+pub mod kv;
+pub mod lease;
+pub mod lessor;
+pub mod maintenance;
+pub mod members;
+pub mod server;
+pub mod transport;
+pub mod watch;
+
+pub use config::{ClusterState, Config, InitialMember};
+pub use error::{Error, Result};
+pub use server::Server;

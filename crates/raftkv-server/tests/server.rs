@@ -1,0 +1,343 @@
+//! Three members in one process, driven through the etcd gRPC API: writes, reads on every
+//! member, leases (grant, keep-alive through a follower, time-to-live, expiry, revoke), member
+//! list and status, request limits, and a restart from the data dir.
+
+use std::time::{Duration, Instant};
+
+use raftkv_proto::etcdserverpb::{
+    cluster_client::ClusterClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op, Compare, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest,
+    PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+};
+use raftkv_server::{Config, InitialMember, Server};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Members {
+    _dir: tempfile::TempDir,
+    configs: Vec<Config>,
+    servers: Vec<Option<Server>>,
+}
+
+fn configs(dir: &std::path::Path, n: usize) -> Vec<Config> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<InitialMember> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| InitialMember {
+            name: format!("m{i}"),
+            peer_urls: vec![format!("http://127.0.0.1:{p}")],
+        })
+        .collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| {
+            let mut cfg = Config::new(format!("m{i}"), dir.join(format!("m{i}")));
+            cfg.listen_client_urls = vec![format!("http://127.0.0.1:{c}")];
+            cfg.listen_peer_urls = vec![format!("http://127.0.0.1:{p}")];
+            cfg.initial_advertise_peer_urls = cfg.listen_peer_urls.clone();
+            cfg.initial_cluster = initial.clone();
+            cfg.lease_checkpoint_interval = Duration::from_secs(1);
+            cfg
+        })
+        .collect()
+}
+
+impl Members {
+    async fn start(n: usize) -> Members {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let configs = configs(dir.path(), n);
+        let mut servers = Vec::new();
+        for c in &configs {
+            servers.push(Some(Server::start(c.clone()).await.unwrap()));
+        }
+        Members {
+            _dir: dir,
+            configs,
+            servers,
+        }
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        let url = self.configs[i].listen_client_urls[0].clone();
+        Channel::from_shared(url).unwrap().connect_lazy()
+    }
+
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for i in 0..self.servers.len() {
+                if self.servers[i].is_none() {
+                    continue;
+                }
+                let mut m = MaintenanceClient::new(self.channel(i));
+                if let Ok(s) = m.status(StatusRequest {}).await {
+                    let s = s.into_inner();
+                    if s.leader != 0 && s.leader == s.header.unwrap().member_id {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn put(kv: &mut KvClient<Channel>, k: &str, v: &str, lease: i64) -> i64 {
+    kv.put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        lease,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .header
+    .unwrap()
+    .revision
+}
+
+async fn get(kv: &mut KvClient<Channel>, k: &str, serializable: bool) -> Option<Vec<u8>> {
+    let r = kv
+        .range(RangeRequest {
+            key: k.into(),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.kvs.first().map(|kv| kv.value.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_serve_the_etcd_api() {
+    let mut m = Members::start(3).await;
+    let leader = m.leader().await;
+    let follower = (leader + 1) % 3;
+
+    // Every member publishes its client URLs.
+    let mut cl = ClusterClient::new(m.channel(leader));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = cl
+            .member_list(MemberListRequest {
+                linearizable: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .members;
+        assert_eq!(members.len(), 3);
+        if members.iter().all(|mm| !mm.client_ur_ls.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "client URLs never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Writes through a follower are forwarded by Raft; revisions start at 2.
+    let mut kv = KvClient::new(m.channel(follower));
+    assert_eq!(put(&mut kv, "a", "1", 0).await, 2);
+    assert_eq!(put(&mut kv, "b", "2", 0).await, 3);
+    for i in 0..3 {
+        let mut kv = KvClient::new(m.channel(i));
+        assert_eq!(get(&mut kv, "a", false).await.as_deref(), Some(&b"1"[..]));
+    }
+
+    // Header carries ids and term.
+    let r = kv
+        .range(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let h = r.header.unwrap();
+    assert!(h.cluster_id != 0 && h.member_id != 0 && h.raft_term >= 1);
+    assert_eq!(h.revision, 3);
+
+    // Txn: compare and branch.
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Value as i32,
+            key: "a".into(),
+            target_union: Some(compare::TargetUnion::Value("1".into())),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: "c".into(),
+                value: "3".into(),
+                ..Default::default()
+            })),
+        }],
+        failure: vec![],
+    };
+    let t = kv.txn(txn).await.unwrap().into_inner();
+    assert!(t.succeeded);
+    assert_eq!(t.header.unwrap().revision, 4);
+
+    // Bad input: empty key, oversized request, unknown lease. Nothing changes.
+    let e = kv.put(PutRequest::default()).await.unwrap_err();
+    assert_eq!(e.message(), "etcdserver: key is not provided");
+    let e = kv
+        .put(PutRequest {
+            key: "big".into(),
+            value: vec![0; 1536 * 1024 + 1],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large"
+        )
+    );
+    let e = kv
+        .put(PutRequest {
+            key: "x".into(),
+            lease: 12345,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found"
+        )
+    );
+    assert_eq!(
+        put(&mut kv, "d", "4", 0).await,
+        5,
+        "refusals cost no revision"
+    );
+
+    // Leases: grant via a follower (server-chosen id), attach a key, keep alive through the
+    // follower (forwarded to the leader), time to live with keys, revoke deletes the key.
+    let mut lease = LeaseClient::new(m.channel(follower));
+    let g = lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.id > 0);
+    assert_eq!(g.ttl, 2, "TTL raised to the minimum");
+    put(&mut kv, "leased", "v", g.id).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(LeaseKeepAliveRequest { id: g.id }).await.unwrap();
+    let mut ka = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = ka.message().await.unwrap().unwrap();
+    assert_eq!((r.id, r.ttl), (g.id, 2));
+    tx.send(LeaseKeepAliveRequest { id: 999 }).await.unwrap();
+    assert_eq!(
+        ka.message().await.unwrap().unwrap().ttl,
+        0,
+        "unknown lease: TTL 0"
+    );
+    let t = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (t.granted_ttl, t.keys.clone()),
+        (2, vec![b"leased".to_vec()])
+    );
+    assert!((0..=2).contains(&t.ttl), "{t:?}");
+    let t = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: 4242,
+            keys: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.ttl, -1);
+    lease
+        .lease_revoke(LeaseRevokeRequest { id: g.id })
+        .await
+        .unwrap();
+    assert_eq!(get(&mut kv, "leased", false).await, None);
+
+    // Expiry: a 2 s lease without keep-alives is revoked by the leader, its key deleted.
+    let g = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 77 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.id, 77);
+    let e = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 77 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "etcdserver: lease already exists");
+    put(&mut kv, "short", "v", 77).await;
+    let granted = Instant::now();
+    while get(&mut kv, "short", false).await.is_some() {
+        assert!(
+            granted.elapsed() < Duration::from_secs(8),
+            "lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        granted.elapsed() >= Duration::from_millis(1500),
+        "expired early"
+    );
+
+    // Maintenance basics.
+    let s = MaintenanceClient::new(m.channel(follower))
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.leader != 0 && s.raft_applied_index > 0 && s.db_size > 0);
+
+    // A member restarts from its data dir and catches up.
+    let s = m.servers[follower].take().unwrap();
+    s.shutdown().await.unwrap();
+    put(&mut KvClient::new(m.channel(leader)), "after", "restart", 0).await;
+    m.servers[follower] = Some(Server::start(m.configs[follower].clone()).await.unwrap());
+    let mut kv = KvClient::new(m.channel(follower));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut kv, "after", true).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "restarted member never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&mut kv, "a", false).await.as_deref(), Some(&b"1"[..]));
+
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
