@@ -35,4 +35,4 @@ pub mod wait;
 
 pub use cluster::{Cluster, Target};
 pub use etcdctl::{CtlOutput, CtlProcess, Etcdctl};
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{block_on, wait_until, wait_until_async};

@@ -41,3 +41,13 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Runs `f` on a fresh two-worker runtime (clusters are started outside it, synchronously).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}

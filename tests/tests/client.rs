@@ -1,7 +1,6 @@
 //! The crates.io `etcd-client` (async, tokio) against a three-member cluster: watches, leases,
 //! txns and ranges asserted field by field. Every expectation was first observed on etcd 3.4.23.
 
-use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
@@ -9,19 +8,9 @@ use etcd_client::{
     LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse, WatchFilterType, WatchOptions, WatchResponse, WatchStream,
 };
-use raftkv_tests::Cluster;
+use raftkv_tests::{block_on, Cluster};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Runs `f` on a fresh two-worker runtime (the cluster is started outside, synchronously).
-fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 async fn connect(c: &Cluster) -> Client {
     Client::connect(c.endpoints(), None).await.expect("connect")
@@ -140,6 +129,12 @@ fn status(e: Error) -> (tonic::Code, String) {
         Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
         other => panic!("expected a gRPC status, got {other:?}"),
     }
+}
+
+/// Asserts that `e` is the gRPC status `code` with etcd's exact `message`.
+#[track_caller]
+fn assert_status(e: Error, code: tonic::Code, message: &str) {
+    assert_eq!(status(e), (code, message.to_string()));
 }
 
 #[test]
@@ -347,12 +342,10 @@ fn leases_grant_keepalive_ttl_revoke_list() {
             .lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x1234)))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::FailedPrecondition,
-                "etcdserver: lease already exists".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::FailedPrecondition,
+            "etcdserver: lease already exists",
         );
         // Server-chosen id (0): non-zero, positive, distinct.
         let g2 = cl.lease_grant(60, None).await.unwrap();
@@ -363,12 +356,10 @@ fn leases_grant_keepalive_ttl_revoke_list() {
         assert_eq!(g1.ttl(), 2);
         // Too large.
         let e = cl.lease_grant(9_000_000_001, None).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::OutOfRange,
-                "etcdserver: too large lease TTL".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::OutOfRange,
+            "etcdserver: too large lease TTL",
         );
 
         // Attach keys; a key's lease field shows the id.
@@ -471,23 +462,19 @@ fn leases_grant_keepalive_ttl_revoke_list() {
             .unwrap();
         assert_eq!((ka.id(), ka.ttl()), (0x1234, 0));
         let e = cl.lease_revoke(0x1234).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::NotFound,
-                "etcdserver: requested lease not found".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found",
         );
         let e = cl
             .put("x", "y", Some(PutOptions::new().with_lease(0x1234)))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::NotFound,
-                "etcdserver: requested lease not found".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found",
         );
 
         // The 2 s lease expires by itself.
@@ -702,12 +689,10 @@ fn txn_compares_branches_and_nested_responses() {
             .map(|i| TxnOp::put(format!("t{i}"), "v", None))
             .collect();
         let e = cl.txn(Txn::new().and_then(many)).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: too many operations in txn request".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
         );
         let e = cl
             .txn(Txn::new().and_then([
@@ -716,35 +701,29 @@ fn txn_compares_branches_and_nested_responses() {
             ]))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: duplicate key given in txn request".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
         );
         let e = cl
             .txn(Txn::new().and_then([TxnOp::put("", "1", None)]))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: key is not provided".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided",
         );
         // A compare needs a key too (an empty one is not "all keys").
         let e = cl
             .txn(Txn::new().when([Compare::mod_revision("", CompareOp::Less, 5).with_prefix()]))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: key is not provided".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided",
         );
         let r = cl
             .get("", Some(GetOptions::new().with_all_keys()))
@@ -841,60 +820,48 @@ fn range_count_keys_only_limits_filters_and_errors() {
 
         // Errors with their gRPC codes.
         let e = cl.get("", None).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: key is not provided".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided",
         );
         let e = cl.put("", "v", None).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: key is not provided".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided",
         );
         let e = cl
             .get("a", Some(GetOptions::new().with_revision(7)))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::OutOfRange,
-                "etcdserver: mvcc: required revision is a future revision".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
         );
         cl.compact(5, None).await.unwrap();
         let e = cl
             .get("a", Some(GetOptions::new().with_revision(4)))
             .await
             .unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
         );
         let e = cl.compact(5, None).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
         );
         let big = vec![b'x'; 1_600_000];
         let e = cl.put("big", big, None).await.unwrap_err();
-        assert_eq!(
-            status(e),
-            (
-                tonic::Code::InvalidArgument,
-                "etcdserver: request is too large".into()
-            )
+        assert_status(
+            e,
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large",
         );
     });
 }

@@ -4,22 +4,12 @@
 //! (a 10 s lease does not live 20 s), and that the killed member catches up after a restart.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
-use raftkv_tests::{wait_until_async, Cluster};
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
+use raftkv_tests::{block_on, wait_until_async, Cluster};
 
 /// Acknowledged writes: key -> revision.
 type Acked = Arc<Mutex<BTreeMap<String, i64>>>;

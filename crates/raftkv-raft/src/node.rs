@@ -238,9 +238,11 @@ where
         status: status_tx,
         commands: tx.clone(),
     };
+    // The thread logs inside the caller's span (e.g. the binary's `node{name=...}`).
+    let span = tracing::Span::current();
     let join = thread::Builder::new()
         .name(format!("raft-node-{id}"))
-        .spawn(move || task.run(rx))
+        .spawn(move || span.in_scope(|| task.run(rx)))
         .map_err(|e| Error::NodeConfig(format!("cannot start node thread: {e}")))?;
     Ok((
         NodeHandle {

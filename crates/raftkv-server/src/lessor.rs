@@ -162,7 +162,9 @@ pub fn spawn(
         estimates: HashMap::new(),
         forward: None,
     };
-    tokio::spawn(task.run(rx, events, status, shutdown));
+    tokio::spawn(tracing::Instrument::in_current_span(
+        task.run(rx, events, status, shutdown),
+    ));
     LessorHandle { tx }
 }
 
@@ -429,18 +431,7 @@ impl Lessor {
 
     fn renew(&mut self, id: i64, forwarded: bool, reply: oneshot::Sender<Result<i64, Status>>) {
         if !self.leader {
-            if forwarded {
-                let _ = reply.send(Err(no_leader()));
-                return;
-            }
-            let Some(channel) = self.leader_channel() else {
-                let _ = reply.send(Err(no_leader()));
-                return;
-            };
-            self.jobs.push(Box::pin(async move {
-                let _ = reply.send(forward_renew(channel, id).await);
-                JobDone::Quiet
-            }));
+            self.forward(forwarded, reply, move |ch| forward_renew(ch, id));
             return;
         }
         let now = Instant::now();
@@ -484,18 +475,7 @@ impl Lessor {
         reply: oneshot::Sender<Result<LeaseTimeToLiveResponse, Status>>,
     ) {
         if !self.leader {
-            if forwarded {
-                let _ = reply.send(Err(no_leader()));
-                return;
-            }
-            let Some(channel) = self.leader_channel() else {
-                let _ = reply.send(Err(no_leader()));
-                return;
-            };
-            self.jobs.push(Box::pin(async move {
-                let _ = reply.send(forward_ttl(channel, req).await);
-                JobDone::Quiet
-            }));
+            self.forward(forwarded, reply, move |ch| forward_ttl(ch, req));
             return;
         }
         let info = match self.ctx.store.lease(req.id, req.keys) {
@@ -532,6 +512,33 @@ impl Lessor {
             }
         };
         let _ = reply.send(Ok(resp));
+    }
+
+    /// On a follower: runs `call` against the leader's client endpoint as a job and replies
+    /// with its answer. A request already forwarded once, or no known leader, gets "no leader".
+    fn forward<T, F>(
+        &mut self,
+        forwarded: bool,
+        reply: oneshot::Sender<Result<T, Status>>,
+        call: impl FnOnce(Channel) -> F,
+    ) where
+        T: Send + 'static,
+        F: Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        let channel = if forwarded {
+            None
+        } else {
+            self.leader_channel()
+        };
+        let Some(channel) = channel else {
+            let _ = reply.send(Err(no_leader()));
+            return;
+        };
+        let answer = call(channel);
+        self.jobs.push(Box::pin(async move {
+            let _ = reply.send(answer.await);
+            JobDone::Quiet
+        }));
     }
 
     /// A channel to the leader's first client URL, cached per leader.

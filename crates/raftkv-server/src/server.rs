@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
 
 use crate::apply::{Machine, Outlets};
 use crate::cluster::ClusterService;
@@ -235,16 +236,13 @@ impl Server {
             ));
         }
 
-        tokio::spawn(publish_attributes(
-            ctx.clone(),
-            MemberAttributes {
-                id: member_id,
-                name: config.name.clone(),
-                client_urls: config.client_urls().to_vec(),
-            },
-            shutdown_rx.clone(),
-        ));
-        tokio::spawn(commit_store(store.clone(), db_size_tx, shutdown_rx));
+        let attrs = MemberAttributes {
+            id: member_id,
+            name: config.name.clone(),
+            client_urls: config.client_urls().to_vec(),
+        };
+        tokio::spawn(publish_attributes(ctx.clone(), attrs, shutdown_rx.clone()).in_current_span());
+        tokio::spawn(commit_store(store.clone(), db_size_tx, shutdown_rx).in_current_span());
 
         tracing::info!(
             name = %config.name,

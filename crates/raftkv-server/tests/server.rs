@@ -1,14 +1,15 @@
 //! Three members in one process, driven through the etcd gRPC API: writes, reads on every
 //! member, leases (grant, keep-alive through a follower, time-to-live, expiry, revoke), member
-//! list and status, request limits, and a restart from the data dir.
+//! list and status, request limits, a restart from the data dir, and the NOSPACE alarm.
 
 use std::time::{Duration, Instant};
 
 use raftkv_proto::etcdserverpb::{
-    cluster_client::ClusterClient, compare, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, request_op, Compare, LeaseGrantRequest,
-    LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest,
-    PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    alarm_request::AlarmAction, cluster_client::ClusterClient, compare, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op, AlarmRequest,
+    AlarmType, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest,
+    RequestOp, StatusRequest, TxnRequest,
 };
 use raftkv_server::{Config, InitialMember, Server};
 use tonic::transport::Channel;
@@ -54,12 +55,17 @@ fn configs(dir: &std::path::Path, n: usize) -> Vec<Config> {
 
 impl Members {
     async fn start(n: usize) -> Members {
+        Members::start_with(n, |_| {}).await
+    }
+
+    async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Members {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().unwrap();
-        let configs = configs(dir.path(), n);
+        let mut configs = configs(dir.path(), n);
+        configs.iter_mut().for_each(tweak);
         let mut servers = Vec::new();
         for c in &configs {
             servers.push(Some(Server::start(c.clone()).await.unwrap()));
@@ -337,6 +343,82 @@ async fn three_members_serve_the_etcd_api() {
     }
     assert_eq!(get(&mut kv, "a", false).await.as_deref(), Some(&b"1"[..]));
 
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quota_raises_nospace_and_refuses_writes_until_disarmed() {
+    // A quota no store can meet: the first write raises the alarm.
+    let mut m = Members::start_with(1, |c| c.quota_backend_bytes = 1).await;
+    m.leader().await;
+    let mut kv = KvClient::new(m.channel(0));
+    let mut maint = MaintenanceClient::new(m.channel(0));
+    let nospace = |e: tonic::Status| {
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                tonic::Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded"
+            )
+        );
+    };
+    nospace(
+        kv.put(PutRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    let get_alarms = AlarmRequest {
+        action: AlarmAction::Get as i32,
+        member_id: 0,
+        alarm: AlarmType::None as i32,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alarms = maint.alarm(get_alarms).await.unwrap().into_inner().alarms;
+        if alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "NOSPACE never raised");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Writes and lease grants are refused, deletes and reads still work; nothing changed.
+    nospace(
+        LeaseClient::new(m.channel(0))
+            .lease_grant(LeaseGrantRequest { ttl: 5, id: 0 })
+            .await
+            .unwrap_err(),
+    );
+    let d = kv
+        .delete_range(DeleteRangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.deleted, 0);
+    assert_eq!(d.header.unwrap().revision, 1, "no write got through");
+    let s = maint.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+    assert!(s.errors[0].contains("NOSPACE"), "{:?}", s.errors);
+    // Disarming clears the alarm (the next write over quota raises it again).
+    let r = maint
+        .alarm(AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id: 0,
+            alarm: AlarmType::Nospace as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.alarms.len(), 1);
+    let alarms = maint.alarm(get_alarms).await.unwrap().into_inner().alarms;
+    assert!(alarms.is_empty(), "{alarms:?}");
     for s in m.servers.iter_mut().filter_map(Option::take) {
         s.shutdown().await.unwrap();
     }

@@ -153,10 +153,15 @@ impl PeerTransport {
             .collect::<Result<Arc<[Endpoint]>, TransportError>>()?;
         let (queue, rx) = mpsc::channel(cfg.queue_len);
         let outbox = Arc::new(Mutex::new(Outbox { generation: 0, rx }));
-        let task =
-            self.inner
-                .runtime
-                .spawn(run_link(id, Arc::clone(&endpoints), outbox, cfg.clone()));
+        let task = self
+            .inner
+            .runtime
+            .spawn(tracing::Instrument::in_current_span(run_link(
+                id,
+                Arc::clone(&endpoints),
+                outbox,
+                cfg.clone(),
+            )));
         let link = Link {
             endpoints,
             queue,
@@ -234,7 +239,7 @@ impl Transport for PeerTransport {
         let endpoints = Arc::clone(&link.endpoints);
         let cfg = self.inner.cfg.clone();
         let index = msg.get_snapshot().get_metadata().index;
-        let task = self.inner.runtime.spawn(async move {
+        let task = self.inner.runtime.spawn(tracing::Instrument::in_current_span(async move {
             let done = DoneGuard::new(done);
             let started = Instant::now();
             match snapshot::send(to, &endpoints, msg, data, &cfg).await {
@@ -247,7 +252,7 @@ impl Transport for PeerTransport {
                     done.finish(false);
                 }
             }
-        });
+        }));
         link.snapshots.retain(|s| !s.is_finished());
         link.snapshots.push(task.abort_handle());
     }
