@@ -4,7 +4,7 @@
 //!
 //! - [`serve`]: the `serve` command: settings from flags, `RAFTKV_*` variables and a TOML file,
 //!   the log subscriber, signals and the server's lifetime.
-//! - [`bench`]: the `bench` command, modeled on etcd's `tools/benchmark`.
+//! - [`mod@bench`]: the `bench` command, modeled on etcd's `tools/benchmark`.
 //!
 //! Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for a bad flag, variable or
 //! config-file value (as clap does), 1 for a runtime failure (data dir unusable, port in use,

@@ -230,6 +230,18 @@ impl Store {
         })
     }
 
+    /// Serves a read-only txn ([`validate::is_read_only`]) at the current revision, outside the
+    /// Raft log: it changes nothing, so it needs no index. A txn that writes is refused with
+    /// [`Error::Config`] (a caller bug: writes must be applied through [`Store::txn`]).
+    pub fn txn_read(&self, req: &TxnRequest) -> Result<TxnResponse> {
+        if !validate::is_read_only(req) {
+            return Err(Error::Config("txn_read given a txn that writes".into()));
+        }
+        validate::check_txn(req, self.shared.config.max_txn_ops)?;
+        let mut st = self.write()?;
+        txn(&mut st, req)
+    }
+
     /// Applies a compaction at `req.revision`: revisions it supersedes become unreadable at once
     /// and their space is reclaimed in the background.
     pub fn compact(

@@ -143,6 +143,32 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>)
     Ok((puts, dels))
 }
 
+/// Whether a txn only reads, in both branches and every nested txn (etcd's `isTxnReadonly`):
+/// such a txn changes nothing and needs no Raft entry.
+pub fn is_read_only(r: &TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) | None => true,
+            Some(Request::RequestTxn(t)) => is_read_only(t),
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+        })
+}
+
+/// Whether every range of a read-only txn asks for a serializable read (etcd's
+/// `isTxnSerializable`): then the txn is served locally without a ReadIndex round.
+pub fn is_serializable(r: &TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(rr)) => rr.serializable,
+            Some(Request::RequestTxn(t)) => is_serializable(t),
+            _ => true,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

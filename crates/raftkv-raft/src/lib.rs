@@ -11,8 +11,7 @@
 //! - [`node`]: the node thread around a [`Core`]: a timer, a command channel, request waiters
 //!   with deadlines, batched ReadIndex, and a [`Transport`] for outbound messages.
 //!
-//! It knows nothing about keys or gRPC. Still to come (consensus issue): snapshot streaming over
-//! the transport, membership-change helpers, the deterministic fault harness.
+//! It knows nothing about keys or gRPC; the gRPC [`Transport`] lives in `raftkv-server`.
 #![deny(missing_docs)]
 
 pub mod core;

@@ -89,6 +89,19 @@ impl Kv for KvService {
         let req = request.into_inner();
         self.ctx.check_size(&req)?;
         validate::check_txn(&req, self.max_txn_ops).map_err(request_status)?;
+        if validate::is_read_only(&req) {
+            // As etcd: a txn that only reads is served like a Range, without a log entry.
+            self.ctx
+                .read_barrier(validate::is_serializable(&req))
+                .await?;
+            let mut resp = self
+                .ctx
+                .store
+                .txn_read(&req)
+                .map_err(|e| store_status(&e))?;
+            self.ctx.headers.fill(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
         if crate::apply::txn_writes(&req) {
             self.ctx.check_quota().await?;
         }

@@ -192,25 +192,24 @@ impl Server {
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        for listener in client_listeners {
-            let watch_cfg = WatchConfig {
-                max_response_bytes: config.max_request_bytes,
+        // One watch service (one hub reading the store) shared by every client listener;
+        // responses are cut at etcd's bound, max-request-bytes plus gRPC's overhead.
+        let watch_service = WatchService::new(
+            store.clone(),
+            revision_rx,
+            headers.clone(),
+            shutdown_rx.clone(),
+            WatchConfig {
+                max_response_bytes: config.max_request_bytes + GRPC_OVERHEAD_BYTES,
                 ..WatchConfig::default()
-            };
+            },
+        );
+        for listener in client_listeners {
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_service(health_service.clone())
                 .add_service(KvService::new(ctx.clone(), config.max_txn_ops).into_server())
-                .add_service(
-                    WatchService::new(
-                        store.clone(),
-                        revision_rx.clone(),
-                        headers.clone(),
-                        shutdown_rx.clone(),
-                        watch_cfg,
-                    )
-                    .into_server(),
-                )
+                .add_service(watch_service.clone().into_server())
                 .add_service(
                     LeaseService::new(ctx.clone(), lessor.clone(), shutdown_rx.clone())
                         .into_server(),

@@ -4,10 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1085,51 +1083,4 @@ async fn random_watchers(h: Harness, seed: u64) {
             assert_eq!(&got, want, "watcher {id}: values and prev_kv");
         }
     }
-}
-
-/// etcd's own Go client (`etcdctl watch`, clientv3 underneath) against the service: history
-/// from a revision, then live events. Skipped when etcdctl is not installed.
-#[test]
-fn etcdctl_watch_replays_and_follows() {
-    if Command::new("etcdctl").arg("version").output().is_err() {
-        return;
-    }
-    run(WatchConfig::default(), |h| async move {
-        let first = h.writer.put(b"e/1", b"one");
-        h.writer.put(b"other", b"x");
-        h.writer.delete(b"e/1", b"");
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                &format!("--endpoints=http://{}", h.addr),
-                "watch",
-                "e/",
-                "--prefix",
-                &format!("--rev={first}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if tx.send(line.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
-        for want in ["PUT", "e/1", "one", "DELETE", "e/1"] {
-            let line = timeout(DEADLINE, lines.recv()).await.unwrap().unwrap();
-            assert_eq!(line, want);
-        }
-        h.writer.put(b"e/2", b"two");
-        for want in ["PUT", "e/2", "two"] {
-            let line = timeout(DEADLINE, lines.recv()).await.unwrap().unwrap();
-            assert_eq!(line, want);
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-    });
 }
