@@ -161,6 +161,7 @@ pub fn spawn(
         jobs: FuturesUnordered::new(),
         estimates: HashMap::new(),
         forward: None,
+        renewals: None,
     };
     tokio::spawn(tracing::Instrument::in_current_span(
         task.run(rx, events, status, shutdown),
@@ -183,6 +184,8 @@ struct Lessor {
     estimates: HashMap<i64, Instant>,
     /// A client of the leader's endpoint, for forwarding: (leader id, channel).
     forward: Option<(u64, Channel)>,
+    /// The open keep-alive stream to the leader, for forwarding: (leader id, its queue).
+    renewals: Option<(u64, mpsc::Sender<Renewal>)>,
 }
 
 impl Lessor {
@@ -431,7 +434,7 @@ impl Lessor {
 
     fn renew(&mut self, id: i64, forwarded: bool, reply: oneshot::Sender<Result<i64, Status>>) {
         if !self.leader {
-            self.forward(forwarded, reply, move |ch| forward_renew(ch, id));
+            self.forward_renew(id, forwarded, reply);
             return;
         }
         let now = Instant::now();
@@ -541,6 +544,50 @@ impl Lessor {
         }));
     }
 
+    /// On a follower: hands a keep-alive to the long-lived stream to the leader (opened on first
+    /// use, again after it breaks or leadership moves), so forwarding costs one message, not a
+    /// stream per keep-alive (etcd #9911).
+    fn forward_renew(
+        &mut self,
+        id: i64,
+        forwarded: bool,
+        reply: oneshot::Sender<Result<i64, Status>>,
+    ) {
+        let leader = self.ctx.node.status().leader;
+        let live = self
+            .renewals
+            .as_ref()
+            .filter(|(l, tx)| *l == leader && !tx.is_closed())
+            .map(|(_, tx)| tx.clone());
+        let tx = match live {
+            Some(tx) => tx,
+            None => {
+                let channel = if forwarded {
+                    None
+                } else {
+                    self.leader_channel()
+                };
+                let Some(channel) = channel else {
+                    let _ = reply.send(Err(no_leader()));
+                    return;
+                };
+                let (tx, rx) = mpsc::channel(1024);
+                tokio::spawn(tracing::Instrument::in_current_span(renewal_stream(
+                    channel, rx,
+                )));
+                self.renewals = Some((leader, tx.clone()));
+                tx
+            }
+        };
+        if let Err(
+            mpsc::error::TrySendError::Full((_, reply))
+            | mpsc::error::TrySendError::Closed((_, reply)),
+        ) = tx.try_send((id, reply))
+        {
+            let _ = reply.send(Err(no_leader()));
+        }
+    }
+
     /// A channel to the leader's first client URL, cached per leader.
     fn leader_channel(&mut self) -> Option<Channel> {
         let leader = self.ctx.node.status().leader;
@@ -577,19 +624,58 @@ fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-async fn forward_renew(channel: Channel, id: i64) -> Result<i64, Status> {
+/// A keep-alive waiting for the leader's answer.
+type Renewal = (i64, oneshot::Sender<Result<i64, Status>>);
+
+/// Runs one keep-alive stream to the leader: requests go out in order and the leader answers a
+/// stream's keep-alives in order, so each answer belongs to the oldest request waiting. When the
+/// stream breaks, every waiting and queued renewal gets "no leader" (the client retries).
+async fn renewal_stream(channel: Channel, mut rx: mpsc::Receiver<Renewal>) {
+    let (out_tx, out_rx) = mpsc::channel(1024);
     let mut client = LeaseClient::new(channel);
-    let req = forwarded_request(futures_util::stream::once(async move {
-        LeaseKeepAliveRequest { id }
-    }));
-    let mut stream = client
-        .lease_keep_alive(req)
-        .await
-        .map_err(|_| no_leader())?
-        .into_inner();
-    match stream.message().await {
-        Ok(Some(resp)) => Ok(resp.ttl),
-        Ok(None) | Err(_) => Err(no_leader()),
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+    req.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let mut waiting: std::collections::VecDeque<oneshot::Sender<Result<i64, Status>>> =
+        std::collections::VecDeque::new();
+    let opened = tokio::time::timeout(Duration::from_secs(2), client.lease_keep_alive(req)).await;
+    let mut inbound = match opened {
+        Ok(Ok(resp)) => Some(resp.into_inner()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "keep-alive stream to the leader refused");
+            None
+        }
+        Err(_) => None,
+    };
+    while let Some(stream) = inbound.as_mut() {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some((id, reply)) => {
+                    if out_tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                        let _ = reply.send(Err(no_leader()));
+                        inbound = None;
+                    } else {
+                        waiting.push_back(reply);
+                    }
+                }
+                None => inbound = None,
+            },
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) => {
+                    if let Some(reply) = waiting.pop_front() {
+                        let _ = reply.send(Ok(resp.ttl));
+                    }
+                }
+                Ok(None) | Err(_) => inbound = None,
+            },
+        }
+    }
+    rx.close();
+    for reply in waiting.drain(..) {
+        let _ = reply.send(Err(no_leader()));
+    }
+    while let Ok((_, reply)) = rx.try_recv() {
+        let _ = reply.send(Err(no_leader()));
     }
 }
 
