@@ -29,6 +29,7 @@
 //! - `record`, `state`: the on-disk encoding (records packed into blocks of consecutive
 //!   revisions) and the changes pending commit.
 //! - [`history`]: events from a revision onward, for watchers.
+//! - [`hash`]: the content hash at a revision (HashKV), the corruption check.
 //! - `compactor`: the background thread that reclaims space after a compaction.
 //! - [`snapshot`]: point-in-time export and verified import.
 //!
@@ -42,6 +43,7 @@
 mod compactor;
 mod config;
 mod error;
+pub mod hash;
 pub mod history;
 mod index;
 mod lease;
@@ -57,6 +59,7 @@ mod write;
 
 pub use config::Config;
 pub use error::{Error, RequestError, Result};
+pub use hash::KvHash;
 pub use history::HistoryBatch;
 pub use index::KeyRange;
 pub use lease::{LeaseInfo, MAX_LEASE_TTL};

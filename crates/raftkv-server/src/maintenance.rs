@@ -1,6 +1,7 @@
-//! The Maintenance service: Status (what `etcdctl endpoint status` prints) and Alarm (list, raise
-//! and disarm, e.g. NOSPACE). Defragment, Hash, HashKV, Snapshot, MoveLeader and Downgrade belong
-//! to the cluster-operations work and are refused for now with `Unimplemented`.
+//! The Maintenance service: Status (what `etcdctl endpoint status` prints), Alarm (list, raise
+//! and disarm, e.g. NOSPACE), HashKV and Hash (the store's content hash, equal on every member at
+//! one revision: the corruption check), MoveLeader. Defragment, Snapshot and Downgrade belong to
+//! the cluster-operations work and are refused for now with `Unimplemented`.
 
 use std::pin::Pin;
 
@@ -26,12 +27,25 @@ pub const VERSION: &str = "3.5.0";
 /// The etcd Maintenance service of one member.
 pub struct MaintenanceService {
     ctx: Ctx,
+    transfer_timeout: std::time::Duration,
 }
 
 impl MaintenanceService {
-    /// The service over `ctx`.
-    pub fn new(ctx: Ctx) -> Self {
-        MaintenanceService { ctx }
+    /// The service over `ctx`; MoveLeader gives up after `transfer_timeout`.
+    pub fn new(ctx: Ctx, transfer_timeout: std::time::Duration) -> Self {
+        MaintenanceService {
+            ctx,
+            transfer_timeout,
+        }
+    }
+
+    /// The store hash at `revision` (0 = current), computed off the async workers.
+    async fn kv_hash(&self, revision: i64) -> Result<raftkv_mvcc::KvHash, Status> {
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?
+            .map_err(|e| store_status(&e))
     }
 
     /// The tonic server for it.
@@ -120,14 +134,27 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: tonic::Request<HashRequest>,
     ) -> Result<Response<HashResponse>, Status> {
-        Err(later("hash"))
+        // etcd hashes its backend file; raftkv's whole-store hash is HashKV at the current
+        // revision, which (unlike a file hash) is comparable across members.
+        let h = self.kv_hash(0).await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.ctx.headers.at(h.revision)),
+            hash: h.hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _request: tonic::Request<HashKvRequest>,
+        request: tonic::Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(later("hashkv"))
+        let h = self.kv_hash(request.get_ref().revision).await?;
+        let current = self.ctx.store.revision().map_err(|e| store_status(&e))?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.ctx.headers.at(current)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -141,9 +168,36 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: tonic::Request<MoveLeaderRequest>,
+        request: tonic::Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(later("move-leader"))
+        let target = request.get_ref().target_id;
+        let me = self.ctx.headers.member_id();
+        if self.ctx.headers.status().leader != me {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if target == 0 || !self.ctx.cluster.borrow().members.contains_key(&target) {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        if target != me {
+            let mut status = self.ctx.node.watch_status();
+            self.ctx.node.transfer_leader(target);
+            let moved = tokio::time::timeout(
+                self.transfer_timeout,
+                status.wait_for(|s| s.leader == target),
+            )
+            .await;
+            if !matches!(moved, Ok(Ok(_))) {
+                return Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
+            }
+        }
+        let rev = self.ctx.store.revision().map_err(|e| store_status(&e))?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.ctx.headers.at(rev)),
+        }))
     }
 
     async fn downgrade(

@@ -215,7 +215,9 @@ impl Server {
                         .into_server(),
                 )
                 .add_service(ClusterService::new(ctx.clone()).into_server())
-                .add_service(MaintenanceService::new(ctx.clone()).into_server());
+                .add_service(
+                    MaintenanceService::new(ctx.clone(), config.request_timeout).into_server(),
+                );
             let stop = wait_true(shutdown_rx.clone());
             servers.push(tokio::spawn(
                 router.serve_with_incoming_shutdown(incoming(listener), stop),

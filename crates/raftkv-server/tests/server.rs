@@ -1,15 +1,16 @@
 //! Three members in one process, driven through the etcd gRPC API: writes, reads on every
 //! member, leases (grant, keep-alive through a follower, time-to-live, expiry, revoke), member
-//! list and status, request limits, a restart from the data dir, and the NOSPACE alarm.
+//! list and status, request limits, a restart from the data dir, the NOSPACE alarm, HashKV
+//! across members and MoveLeader.
 
 use std::time::{Duration, Instant};
 
 use raftkv_proto::etcdserverpb::{
     alarm_request::AlarmAction, cluster_client::ClusterClient, compare, kv_client::KvClient,
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op, AlarmRequest,
-    AlarmType, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest,
-    RequestOp, StatusRequest, TxnRequest,
+    AlarmType, Compare, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest,
+    MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
 };
 use raftkv_server::{Config, InitialMember, Server};
 use tonic::transport::Channel;
@@ -419,6 +420,65 @@ async fn over_quota_raises_nospace_and_refuses_writes_until_disarmed() {
     assert_eq!(r.alarms.len(), 1);
     let alarms = maint.alarm(get_alarms).await.unwrap().into_inner().alarms;
     assert!(alarms.is_empty(), "{alarms:?}");
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_hash_equal_and_leadership_moves_on_request() {
+    let mut m = Members::start(3).await;
+    let leader = m.leader().await;
+    let mut kv = KvClient::new(m.channel(leader));
+    for i in 0..20 {
+        put(&mut kv, &format!("k{}", i % 7), &format!("v{i}"), 0).await;
+    }
+    let rev = put(&mut kv, "last", "v", 0).await;
+    // Every member reaches `rev`, then hashes the same content.
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let mut maint = MaintenanceClient::new(m.channel(i));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let h = loop {
+            match maint.hash_kv(HashKvRequest { revision: rev }).await {
+                Ok(h) => break h.into_inner(),
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "member {i} never reached {rev}: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert_eq!(h.hash_revision, rev);
+        hashes.push(h.hash);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    // MoveLeader: refused by a follower, done by the leader.
+    let target = (leader + 1) % 3;
+    let target_id = MaintenanceClient::new(m.channel(target))
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .member_id;
+    let e = MaintenanceClient::new(m.channel(target))
+        .move_leader(MoveLeaderRequest { target_id })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::FailedPrecondition, "etcdserver: not leader")
+    );
+    MaintenanceClient::new(m.channel(leader))
+        .move_leader(MoveLeaderRequest { target_id })
+        .await
+        .unwrap();
+    assert_eq!(m.leader().await, target);
     for s in m.servers.iter_mut().filter_map(Option::take) {
         s.shutdown().await.unwrap();
     }
