@@ -15,11 +15,12 @@ use raftkv_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, TxnResponse,
 };
-use raftkv_proto::raftkvpb::{raft_request::Request, MemberAttributes, RaftRequest, StoredCluster};
+use raftkv_proto::raftkvpb::{raft_request::Request, MemberAttributes, RaftRequest};
 use raftkv_raft::{SnapshotSource, StateMachine};
 use tokio::sync::{mpsc, watch};
 
 use crate::members::Cluster;
+use crate::snapshot::{self, MemberSnapshot};
 
 /// What applying one request produced.
 #[derive(Debug)]
@@ -342,29 +343,15 @@ impl StateMachine for Machine {
     }
 
     fn snapshot(&self) -> Result<Box<dyn SnapshotSource>, String> {
-        let store = self.store.snapshot().map_err(|e| e.to_string())?;
-        let cluster = StoredCluster {
-            cluster_id: self.cluster.cluster_id,
-            members: self.cluster.members.values().cloned().collect(),
-            alarms: self.cluster.alarms.clone(),
-        };
-        Ok(Box::new(MemberSnapshot { cluster, store }))
+        let snap =
+            MemberSnapshot::capture(&self.store, &self.cluster).map_err(|e| e.to_string())?;
+        Ok(Box::new(snap))
     }
 
     fn restore(&mut self, data: &mut dyn Read) -> Result<(), String> {
-        let mut len = [0u8; 4];
-        data.read_exact(&mut len).map_err(|e| e.to_string())?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > 64 << 20 {
-            return Err(format!(
-                "snapshot cluster record of {len} bytes is implausible"
-            ));
-        }
-        let mut buf = vec![0u8; len];
-        data.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        let stored = StoredCluster::decode(&buf[..]).map_err(|e| e.to_string())?;
+        let stored = snapshot::read_cluster(data)?;
         self.store
-            .restore(&mut ReadAdapter(data))
+            .restore(&mut snapshot::ReadAdapter(data))
             .map_err(|e| e.to_string())?;
         self.cluster = Cluster {
             cluster_id: stored.cluster_id,
@@ -392,43 +379,4 @@ pub fn txn_writes(r: &raftkv_proto::etcdserverpb::TxnRequest) -> bool {
             Some(Op::RequestTxn(t)) => txn_writes(t),
             _ => false,
         })
-}
-
-/// A member snapshot: the membership table, length-prefixed, then the store's own stream.
-struct MemberSnapshot {
-    cluster: StoredCluster,
-    store: raftkv_mvcc::Snapshot,
-}
-
-impl SnapshotSource for MemberSnapshot {
-    fn write_to(&mut self, w: &mut dyn std::io::Write) -> Result<(), String> {
-        let c = self.cluster.encode_to_vec();
-        w.write_all(&(c.len() as u32).to_be_bytes())
-            .and_then(|()| w.write_all(&c))
-            .map_err(|e| e.to_string())?;
-        self.store
-            .write_to(&mut WriteAdapter(w))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// `&mut dyn Read` as a sized `Read` (the store's restore is generic).
-struct ReadAdapter<'a>(&'a mut dyn Read);
-
-impl Read for ReadAdapter<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-struct WriteAdapter<'a>(&'a mut dyn std::io::Write);
-
-impl std::io::Write for WriteAdapter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
 }

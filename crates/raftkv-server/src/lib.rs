@@ -10,11 +10,14 @@
 //! - [`members`]: the membership table and alarms, with member and cluster ids.
 //! - [`lessor`]: lease deadlines on the leader, expiry, keep-alives and TTL checkpoints.
 //! - [`watch`]: the Watch service: history replay then live events, per stream.
+//! - [`snapshot`]: the member snapshot format (follower catch-up and backups); [`backup`]:
+//!   `Maintenance.Snapshot` and restoring a new data dir from a backup.
 //! - [`transport`]: Raft messages and snapshots between members over tonic streams.
 //! - [`header`], [`error`]: response headers and etcd's error codes and messages.
 #![deny(missing_docs)]
 
 pub mod apply;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -26,6 +29,7 @@ pub mod lessor;
 pub mod maintenance;
 pub mod members;
 pub mod server;
+pub mod snapshot;
 pub mod transport;
 pub mod watch;
 

@@ -1,7 +1,8 @@
 //! The Maintenance service: Status (what `etcdctl endpoint status` prints), Alarm (list, raise
 //! and disarm, e.g. NOSPACE), HashKV and Hash (the store's content hash, equal on every member at
-//! one revision: the corruption check), MoveLeader. Defragment, Snapshot and Downgrade belong to
-//! the cluster-operations work and are refused for now with `Unimplemented`.
+//! one revision: the corruption check), MoveLeader, Snapshot (a backup stream, see
+//! [`crate::backup`]). Defragment and Downgrade belong to the cluster-operations work and are
+//! refused for now with `Unimplemented`.
 
 use std::pin::Pin;
 
@@ -28,14 +29,22 @@ pub const VERSION: &str = "3.5.0";
 pub struct MaintenanceService {
     ctx: Ctx,
     transfer_timeout: std::time::Duration,
+    /// Where backups are staged before they are streamed (the data dir).
+    data_dir: std::path::PathBuf,
 }
 
 impl MaintenanceService {
-    /// The service over `ctx`; MoveLeader gives up after `transfer_timeout`.
-    pub fn new(ctx: Ctx, transfer_timeout: std::time::Duration) -> Self {
+    /// The service over `ctx`; MoveLeader gives up after `transfer_timeout`; backups are staged
+    /// in `data_dir`.
+    pub fn new(
+        ctx: Ctx,
+        transfer_timeout: std::time::Duration,
+        data_dir: std::path::PathBuf,
+    ) -> Self {
         MaintenanceService {
             ctx,
             transfer_timeout,
+            data_dir,
         }
     }
 
@@ -163,7 +172,17 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: tonic::Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(later("snapshot"))
+        let cluster = (**self.ctx.cluster.borrow()).clone();
+        let rx = crate::backup::stream(
+            self.ctx.store.clone(),
+            cluster,
+            &self.data_dir,
+            self.ctx.headers.clone(),
+        )
+        .await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(

@@ -216,7 +216,8 @@ impl Server {
                 )
                 .add_service(ClusterService::new(ctx.clone()).into_server())
                 .add_service(
-                    MaintenanceService::new(ctx.clone(), config.request_timeout).into_server(),
+                    MaintenanceService::new(ctx.clone(), config.request_timeout, data.clone())
+                        .into_server(),
                 );
             let stop = wait_true(shutdown_rx.clone());
             servers.push(tokio::spawn(
