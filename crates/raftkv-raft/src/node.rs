@@ -86,6 +86,7 @@ enum Command<O> {
     ),
     SnapshotReport(u64, bool),
     Campaign,
+    Unreachable(u64),
     Stop,
 }
 
@@ -185,6 +186,12 @@ impl<O: Send + 'static> NodeHandle<O> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::InstallSnapshot(Box::new(msg), data, tx);
         self.tx.send(cmd).ok().map(|()| rx)
+    }
+
+    /// Tells Raft that peer `id` could not be reached (the transport's dial failed), so the
+    /// leader probes it instead of streaming appends into a dead link.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.send(Command::Unreachable(id));
     }
 
     /// Asks the node to start an election now.
@@ -428,6 +435,7 @@ where
                 let _ = reply.send(ok);
             }
             Command::SnapshotReport(to, ok) => self.core.report_snapshot(to, ok),
+            Command::Unreachable(id) => self.core.report_unreachable(id),
             Command::Stop => {}
             Command::Campaign => {
                 if let Err(e) = self.core.campaign() {

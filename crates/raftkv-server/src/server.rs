@@ -160,7 +160,9 @@ impl Server {
         };
         let voters: Vec<u64> = cluster.members.keys().copied().collect();
         let (node, raft_thread) =
-            raftkv_raft::node::start(node_cfg, storage, machine, &voters, transport)?;
+            raftkv_raft::node::start(node_cfg, storage, machine, &voters, transport.clone())?;
+        let reporter = node.clone();
+        transport.on_unreachable(Box::new(move |peer| reporter.report_unreachable(peer)));
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (db_size_tx, db_size_rx) = watch::channel(store.size_on_disk()?);

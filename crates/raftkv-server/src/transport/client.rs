@@ -48,7 +48,13 @@ struct Inner {
     cfg: TransportConfig,
     /// Peer id -> link. A std lock: held only to look up or swap links, never across `.await`.
     peers: RwLock<HashMap<u64, Link>>,
+    /// Told when a peer cannot be dialled (set once the node exists; see
+    /// [`PeerTransport::on_unreachable`]).
+    unreachable: Arc<std::sync::OnceLock<UnreachableHook>>,
 }
+
+/// What a transport calls with a peer's id when it cannot reach it.
+pub type UnreachableHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// One peer: its queue, the task draining it, and any snapshot streams to it.
 struct Link {
@@ -111,6 +117,7 @@ impl PeerTransport {
                 self_id,
                 cfg,
                 peers: RwLock::new(HashMap::new()),
+                unreachable: Arc::new(std::sync::OnceLock::new()),
             }),
         };
         for (id, urls) in peers {
@@ -159,6 +166,7 @@ impl PeerTransport {
             .spawn(tracing::Instrument::in_current_span(run_link(
                 id,
                 Arc::clone(&endpoints),
+                Arc::clone(&self.inner.unreachable),
                 outbox,
                 cfg.clone(),
             )));
@@ -184,6 +192,13 @@ impl PeerTransport {
             tracing::debug!(peer = id, "peer link removed");
         }
         old.is_some()
+    }
+
+    /// Sets what the transport calls when a peer cannot be dialled: a node passes
+    /// `NodeHandle::report_unreachable`, so Raft probes the peer instead of streaming appends
+    /// into a dead link. Only the first call takes effect.
+    pub fn on_unreachable(&self, hook: UnreachableHook) {
+        let _ = self.inner.unreachable.set(hook);
     }
 
     /// The ids of the peers this transport has links to, sorted.
@@ -340,6 +355,7 @@ impl Stream for BatchStream {
 async fn run_link(
     peer: u64,
     endpoints: Arc<[Endpoint]>,
+    unreachable: Arc<std::sync::OnceLock<UnreachableHook>>,
     outbox: Arc<Mutex<Outbox>>,
     cfg: TransportConfig,
 ) {
@@ -397,6 +413,10 @@ async fn run_link(
                 }
             }
             Err(e) => {
+                // Raft then stops streaming appends to the peer until it answers again.
+                if let Some(report) = unreachable.get() {
+                    report(peer);
+                }
                 if !down {
                     tracing::warn!(peer, url = %endpoint.uri(), error = %chain(&e), "cannot connect to peer");
                     down = true;

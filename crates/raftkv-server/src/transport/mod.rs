@@ -21,7 +21,7 @@ mod error;
 pub mod service;
 mod snapshot;
 
-pub use client::PeerTransport;
+pub use client::{PeerTransport, UnreachableHook};
 pub use config::TransportConfig;
 pub use error::TransportError;
 pub use service::{PeerCloser, PeerService};
