@@ -255,14 +255,9 @@ impl Machine {
     }
 }
 
-impl StateMachine for Machine {
-    type Output = Output;
-
-    fn applied_index(&self) -> u64 {
-        self.store.consistent_index().unwrap_or(0)
-    }
-
-    fn apply(&mut self, index: u64, _term: u64, data: &[u8]) -> Option<Output> {
+impl Machine {
+    /// Decodes and applies one entry; see [`StateMachine::apply`].
+    fn apply_entry(&mut self, index: u64, _term: u64, data: &[u8]) -> Option<Output> {
         let req = match RaftRequest::decode(data) {
             Ok(RaftRequest {
                 request: Some(r), ..
@@ -325,6 +320,22 @@ impl StateMachine for Machine {
         if out.is_some() {
             self.publish_revision();
         }
+        out
+    }
+}
+
+impl StateMachine for Machine {
+    type Output = Output;
+
+    fn applied_index(&self) -> u64 {
+        self.store.consistent_index().unwrap_or(0)
+    }
+
+    fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Option<Output> {
+        let started = std::time::Instant::now();
+        let out = self.apply_entry(index, term, data);
+        metrics::histogram!("raftkv_apply_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         out
     }
 

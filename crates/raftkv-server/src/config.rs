@@ -37,6 +37,9 @@ pub struct Config {
     pub listen_client_urls: Vec<String>,
     /// `--advertise-client-urls`: what MemberList tells clients. Empty = the listen URLs.
     pub advertise_client_urls: Vec<String>,
+    /// `--listen-metrics-urls`: where `/metrics` and `/health` are served over HTTP/1 (none by
+    /// default, as etcd).
+    pub listen_metrics_urls: Vec<String>,
     /// `--listen-peer-urls`: where other members send Raft traffic.
     pub listen_peer_urls: Vec<String>,
     /// `--initial-advertise-peer-urls`: this member's peer URLs as the others know them.
@@ -88,6 +91,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen_client_urls: vec!["http://127.0.0.1:2379".into()],
             advertise_client_urls: Vec::new(),
+            listen_metrics_urls: Vec::new(),
             listen_peer_urls: vec![peer.clone()],
             initial_advertise_peer_urls: vec![peer],
             initial_cluster_state: ClusterState::New,
@@ -124,6 +128,7 @@ impl Config {
             .listen_client_urls
             .iter()
             .chain(&self.advertise_client_urls)
+            .chain(&self.listen_metrics_urls)
             .chain(&self.listen_peer_urls)
             .chain(&self.initial_advertise_peer_urls)
             .chain(self.initial_cluster.iter().flat_map(|m| &m.peer_urls))

@@ -84,9 +84,19 @@ impl Ctx {
         }
         .encode_to_vec();
         match self.node.propose(data).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(apply_status(e)),
-            Err(e) => Err(raft_status(e)),
+            Ok(Ok(resp)) => {
+                metrics::counter!("raftkv_proposals_committed_total").increment(1);
+                Ok(resp)
+            }
+            Ok(Err(e)) => {
+                // Committed, but refused by the state machine (e.g. an unknown lease).
+                metrics::counter!("raftkv_proposals_committed_total").increment(1);
+                Err(apply_status(e))
+            }
+            Err(e) => {
+                metrics::counter!("etcd_server_proposals_failed_total").increment(1);
+                Err(raft_status(e))
+            }
         }
     }
 

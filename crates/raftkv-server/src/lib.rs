@@ -7,6 +7,7 @@
 //! - [`apply`]: the state machine: decodes each committed entry and applies it to the store.
 //! - [`kv`], [`lease`], [`cluster`], [`maintenance`]: the etcd gRPC services; [`context`] is
 //!   what they share.
+//! - [`metrics`]: `/metrics` (Prometheus) and `/health` on `--listen-metrics-urls`.
 //! - [`members`]: the membership table and alarms, with member and cluster ids.
 //! - [`lessor`]: lease deadlines on the leader, expiry, keep-alives and TTL checkpoints.
 //! - [`watch`]: the Watch service: history replay then live events, per stream.
@@ -28,6 +29,7 @@ pub mod lease;
 pub mod lessor;
 pub mod maintenance;
 pub mod members;
+pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod transport;

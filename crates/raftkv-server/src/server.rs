@@ -43,6 +43,7 @@ const STORE_COMMIT_EVERY: Duration = Duration::from_millis(100);
 pub struct Server {
     client_addrs: Vec<SocketAddr>,
     peer_addrs: Vec<SocketAddr>,
+    metrics_addrs: Vec<SocketAddr>,
     member_id: u64,
     store: Store,
     node: raftkv_raft::NodeHandle<crate::apply::Output>,
@@ -107,6 +108,11 @@ impl Server {
         for u in &config.listen_peer_urls {
             peer_listeners.push(bind(u).await?);
         }
+        let mut metrics_listeners = Vec::new();
+        for u in &config.listen_metrics_urls {
+            metrics_listeners.push(bind(u).await?);
+        }
+        crate::metrics::install();
         let addrs = |ls: &[TcpListener]| -> Result<Vec<SocketAddr>> {
             ls.iter()
                 .map(|l| l.local_addr().map_err(io_dir(&data)))
@@ -240,6 +246,23 @@ impl Server {
             ));
         }
 
+        let mut metrics_addrs = Vec::new();
+        for listener in metrics_listeners {
+            metrics_addrs.push(listener.local_addr().map_err(io_dir(&data))?);
+            let serve = crate::metrics::serve(listener, ctx.clone(), shutdown_rx.clone());
+            tokio::spawn(
+                async move {
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "metrics listener stopped");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        tokio::spawn(
+            crate::metrics::count_leader_changes(node.watch_status(), shutdown_rx.clone())
+                .in_current_span(),
+        );
         let attrs = MemberAttributes {
             id: member_id,
             name: config.name.clone(),
@@ -259,6 +282,7 @@ impl Server {
         Ok(Server {
             client_addrs,
             peer_addrs,
+            metrics_addrs,
             member_id,
             store,
             node,
@@ -272,6 +296,11 @@ impl Server {
     /// The bound client addresses (the actual ports when the URLs said port 0).
     pub fn client_addrs(&self) -> &[SocketAddr] {
         &self.client_addrs
+    }
+
+    /// The bound metrics addresses (`--listen-metrics-urls`).
+    pub fn metrics_addrs(&self) -> &[SocketAddr] {
+        &self.metrics_addrs
     }
 
     /// The bound peer addresses.

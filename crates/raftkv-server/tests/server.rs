@@ -570,3 +570,49 @@ async fn backup_restores_into_a_new_cluster_with_the_same_content() {
         s.shutdown().await.unwrap();
     }
 }
+
+/// A plain HTTP/1.1 GET; returns the status line and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_served_over_http() {
+    let port = free_port();
+    let mut m = Members::start_with(1, |c| {
+        c.listen_metrics_urls = vec![format!("http://127.0.0.1:{port}")];
+    })
+    .await;
+    m.leader().await;
+    let addr = m.servers[0].as_ref().unwrap().metrics_addrs()[0];
+    let mut kv = KvClient::new(m.channel(0));
+    put(&mut kv, "k", "v", 0).await;
+    let (status, body) = http_get(addr, "/health").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    for name in [
+        "etcd_server_has_leader 1",
+        "etcd_server_is_leader 1",
+        "etcd_disk_wal_fsync_duration_seconds_bucket",
+        "raftkv_apply_duration_seconds_bucket",
+        "raftkv_proposals_committed_total",
+        "etcd_mvcc_db_total_size_in_bytes",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}

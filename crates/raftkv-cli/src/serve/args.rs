@@ -42,6 +42,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", value_name = "URLS")]
     pub(crate) advertise_client_urls: Option<UrlList>,
 
+    /// Comma-separated URLs to serve /metrics and /health on over HTTP [default: none]
+    #[arg(long, env = "RAFTKV_LISTEN_METRICS_URLS", value_name = "URLS")]
+    pub(crate) listen_metrics_urls: Option<UrlList>,
+
     /// Comma-separated URLs to listen on for peer traffic [default: http://localhost:2380]
     #[arg(long, env = "RAFTKV_LISTEN_PEER_URLS", value_name = "URLS")]
     pub(crate) listen_peer_urls: Option<UrlList>,
@@ -133,6 +137,7 @@ impl ServeArgs {
             data_dir: self.data_dir.or(lower.data_dir),
             listen_client_urls: self.listen_client_urls.or(lower.listen_client_urls),
             advertise_client_urls: self.advertise_client_urls.or(lower.advertise_client_urls),
+            listen_metrics_urls: self.listen_metrics_urls.or(lower.listen_metrics_urls),
             listen_peer_urls: self.listen_peer_urls.or(lower.listen_peer_urls),
             initial_advertise_peer_urls: self
                 .initial_advertise_peer_urls
@@ -169,6 +174,7 @@ impl ServeArgs {
         };
         config.listen_client_urls = urls(self.listen_client_urls, DEFAULT_CLIENT_URL);
         config.advertise_client_urls = self.advertise_client_urls.map(|l| l.0).unwrap_or_default();
+        config.listen_metrics_urls = self.listen_metrics_urls.map(|l| l.0).unwrap_or_default();
         config.listen_peer_urls = urls(self.listen_peer_urls, DEFAULT_PEER_URL);
         config.initial_advertise_peer_urls =
             urls(self.initial_advertise_peer_urls, DEFAULT_PEER_URL);

@@ -753,10 +753,13 @@ impl Wal {
             if wal.written > wal.synced {
                 if wal.cfg.fsync {
                     let active = wal.active();
+                    let started = std::time::Instant::now();
                     active
                         .file
                         .sync_data()
                         .map_err(|e| Error::io("fdatasync", &active.path, e))?;
+                    metrics::histogram!("etcd_disk_wal_fsync_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
                 }
                 wal.synced = wal.written;
             }

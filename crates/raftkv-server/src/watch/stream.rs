@@ -73,8 +73,12 @@ impl Drop for Stream {
         self.shared
             .prev_kv_demand
             .fetch_sub(self.prev_kv_watchers, Ordering::Relaxed);
+        metrics::gauge!(WATCHERS_METRIC).decrement(self.watchers.len() as f64);
     }
 }
+
+/// etcd's gauge of open watchers.
+const WATCHERS_METRIC: &str = "etcd_debugging_mvcc_watcher_total";
 
 impl Stream {
     /// Subscribes to the live feed and records the store revision the stream starts from.
@@ -231,6 +235,7 @@ impl Stream {
             self.shared.prev_kv_demand.fetch_add(1, Ordering::Relaxed);
         }
         self.watchers.insert(id, watcher);
+        metrics::gauge!(WATCHERS_METRIC).increment(1.0);
         let created = WatchResponse {
             header: self.header(current),
             watch_id: id,
@@ -245,6 +250,7 @@ impl Stream {
         let Some(w) = self.watchers.remove(&id) else {
             return Ok(());
         };
+        metrics::gauge!(WATCHERS_METRIC).decrement(1.0);
         if w.opts.prev_kv && w.active() {
             self.release_prev_kv();
         }
