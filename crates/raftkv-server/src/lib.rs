@@ -5,7 +5,8 @@
 //! - [`server`]: [`Server::start`] opens the data dir, starts the Raft node and serves clients
 //!   and peers; the embedding API.
 //! - [`apply`]: the state machine: decodes each committed entry and applies it to the store.
-//! - [`kv`], [`lease`], [`cluster`], [`maintenance`]: the etcd gRPC services; [`context`] is
+//! - [`kv`], [`lease`], [`cluster`], [`maintenance`], [`concurrency`] (Lock, Election): the
+//!   etcd gRPC services; [`context`] is
 //!   what they share.
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health` on `--listen-metrics-urls`.
 //! - [`members`]: the membership table and alarms, with member and cluster ids.
@@ -20,6 +21,7 @@
 pub mod apply;
 pub mod backup;
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod error;

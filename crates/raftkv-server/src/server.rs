@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::apply::{Machine, Outlets};
 use crate::cluster::ClusterService;
+use crate::concurrency::{ElectionService, LockService};
 use crate::config::{parse_url, ClusterState, Config};
 use crate::context::{Ctx, Limits};
 use crate::error::{Error, Result};
@@ -202,6 +203,7 @@ impl Server {
             .await;
         // One watch service (one hub reading the store) shared by every client listener;
         // responses are cut at etcd's bound, max-request-bytes plus gRPC's overhead.
+        let revisions = revision_rx.clone();
         let watch_service = WatchService::new(
             store.clone(),
             revision_rx,
@@ -223,6 +225,8 @@ impl Server {
                         .into_server(),
                 )
                 .add_service(ClusterService::new(ctx.clone()).into_server())
+                .add_service(LockService::new(ctx.clone(), revisions.clone()).into_server())
+                .add_service(ElectionService::new(ctx.clone(), revisions.clone()).into_server())
                 .add_service(
                     MaintenanceService::new(ctx.clone(), config.request_timeout, data.clone())
                         .into_server(),

@@ -616,3 +616,152 @@ async fn metrics_and_health_are_served_over_http() {
         s.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_services_follow_etcd() {
+    use raftkv_proto::v3electionpb::{
+        election_client::ElectionClient, CampaignRequest, LeaderRequest, ProclaimRequest,
+        ResignRequest,
+    };
+    use raftkv_proto::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+    let mut m = Members::start(3).await;
+    let leader = m.leader().await;
+    let mut leases = LeaseClient::new(m.channel(leader));
+    for id in [0xa, 0xb] {
+        leases
+            .lease_grant(LeaseGrantRequest { ttl: 60, id })
+            .await
+            .unwrap();
+    }
+
+    // Lock: the second holder waits until the first unlocks; keys follow etcd's layout and
+    // their create revisions (the fencing tokens) grow.
+    let mut lock = LockClient::new(m.channel((leader + 1) % 3));
+    let first = lock
+        .lock(LockRequest {
+            name: b"jobs".to_vec(),
+            lease: 0xa,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.key, b"jobs/a");
+    let mut other = LockClient::new(m.channel((leader + 2) % 3));
+    let second = tokio::spawn(async move {
+        other
+            .lock(LockRequest {
+                name: b"jobs".to_vec(),
+                lease: 0xb,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    let mut kv = KvClient::new(m.channel(leader));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut kv, "jobs/b", false).await.is_none() {
+        assert!(Instant::now() < deadline, "second contender never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !second.is_finished(),
+        "second lock granted while the first is held"
+    );
+    lock.unlock(UnlockRequest {
+        key: first.key.clone(),
+    })
+    .await
+    .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("second lock never granted")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.key, b"jobs/b");
+    let rev_of = |r: RangeRequest| {
+        let mut kv = kv.clone();
+        async move { kv.range(r).await.unwrap().into_inner().kvs[0].create_revision }
+    };
+    let token_b = rev_of(RangeRequest {
+        key: b"jobs/b".to_vec(),
+        ..Default::default()
+    })
+    .await;
+    assert!(token_b > 0);
+
+    // Election: the first campaigner leads; observers see it; a resign hands over.
+    let mut el = ElectionClient::new(m.channel(leader));
+    let a = el
+        .campaign(CampaignRequest {
+            name: b"boss".to_vec(),
+            lease: 0xa,
+            value: b"A".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let mut observe = el
+        .observe(LeaderRequest {
+            name: b"boss".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = observe.message().await.unwrap().unwrap().kv.unwrap();
+    assert_eq!(seen.value, b"A");
+    let mut el_b = ElectionClient::new(m.channel((leader + 1) % 3));
+    let b = tokio::spawn(async move {
+        el_b.campaign(CampaignRequest {
+            name: b"boss".to_vec(),
+            lease: 0xb,
+            value: b"B".to_vec(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    });
+    el.proclaim(ProclaimRequest {
+        leader: Some(a.clone()),
+        value: b"A2".to_vec(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        observe.message().await.unwrap().unwrap().kv.unwrap().value,
+        b"A2"
+    );
+    let l = el
+        .leader(LeaderRequest {
+            name: b"boss".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.kv.unwrap().value, b"A2");
+    el.resign(ResignRequest {
+        leader: Some(a.clone()),
+    })
+    .await
+    .unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), b)
+        .await
+        .expect("B never elected")
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.leader.unwrap().key, b"boss/b");
+    assert_eq!(
+        observe.message().await.unwrap().unwrap().kv.unwrap().value,
+        b"B"
+    );
+    let e = el
+        .proclaim(ProclaimRequest {
+            leader: Some(a),
+            value: b"stale".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "election: not leader");
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
