@@ -1,16 +1,20 @@
 //! The `raftkv` binary: `raftkv serve` runs one cluster member with etcd's flags; `raftkv bench`
-//! loads etcd v3 endpoints (raftkv's or etcd's) and reports throughput and latency. The
-//! etcdctl-like client commands (`get`, `put`, ...) join the [`Command`] enum in a later issue.
+//! loads etcd v3 endpoints (raftkv's or etcd's) and reports throughput and latency; the
+//! etcdctl-like client commands (`get`, `put`, `txn`, `watch`, `lease`, `member`, ...) talk to
+//! any etcd v3 endpoint with etcdctl 3.4's flags, output and exit codes.
 //!
 //! - [`serve`]: the `serve` command: settings from flags, `RAFTKV_*` variables and a TOML file,
 //!   the log subscriber, signals and the server's lifetime.
 //! - [`mod@bench`]: the `bench` command, modeled on etcd's `tools/benchmark`.
+//! - [`ctl`]: the client commands (etcdctl's exit codes: 1 for most errors, 128 for bad
+//!   arguments, 5 for a watch canceled by the server, ...).
 //!
 //! Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for a bad flag, variable or
 //! config-file value (as clap does), 1 for a runtime failure (data dir unusable, port in use,
 //! a fatal server error).
 
 mod bench;
+mod ctl;
 mod serve;
 
 use std::process::ExitCode;
@@ -44,6 +48,9 @@ enum Command {
     /// Generate load against etcd v3 endpoints (raftkv or etcd) and report throughput and
     /// latency, as etcd's benchmark tool does.
     Bench(bench::BenchArgs),
+    /// The etcdctl-like client commands.
+    #[command(flatten)]
+    Ctl(ctl::CtlCommand),
 }
 
 /// Why the binary exits non-zero.
@@ -56,13 +63,14 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(ctl::hoist_global_flags(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run_blocking(args).map_err(|e| {
             report_usage_error(&format!("{e:#}"));
             Failure::Runtime
         }),
+        Command::Ctl(cmd) => return ctl::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
