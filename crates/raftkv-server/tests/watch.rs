@@ -948,7 +948,15 @@ fn shutdown_ends_every_stream_and_lets_the_server_stop() {
                 Err(status) => break status,
             }
         };
-        assert_eq!(status.message(), "etcdserver: server stopped");
+        // Usually the queued responses and then the status arrive; but the server may close
+        // the connection before a client that stopped reading has drained it (HTTP/2 cannot
+        // flush past the client's window), which the client sees as a connection error. Either
+        // way, what did arrive is gap-free.
+        assert!(
+            status.message() == "etcdserver: server stopped"
+                || status.message().starts_with("h2 protocol error"),
+            "{status:?}"
+        );
         assert_eq!(revs, (first..first + revs.len() as i64).collect::<Vec<_>>());
         timeout(DEADLINE, h.server)
             .await
