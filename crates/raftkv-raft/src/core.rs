@@ -37,9 +37,10 @@ pub trait StateMachine {
         let _ = index;
     }
 
-    /// A committed membership change took effect at `index`.
-    fn on_conf_change(&mut self, index: u64, cs: &ConfState) {
-        let _ = (index, cs);
+    /// The committed membership change `change` (with the proposer's `context`) took effect at
+    /// `index`, giving configuration `cs`. Called again for entries replayed after a restart.
+    fn on_conf_change(&mut self, index: u64, change: &ConfChangeV2, cs: &ConfState) {
+        let _ = (index, change, cs);
     }
 
     /// Makes everything applied durable; called before the log below it is compacted.
@@ -193,6 +194,22 @@ impl<M: StateMachine> Core<M> {
             applied,
             cfg,
         })
+    }
+
+    /// On the leader: each voter's and learner's matched log index, and the leader's last
+    /// index; `None` on a follower.
+    pub fn replication(&self) -> Option<(std::collections::HashMap<u64, u64>, u64)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let matched = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
+        Some((matched, self.raw.raft.raft_log.last_index()))
     }
 
     /// Advances logical time by one tick.
@@ -401,17 +418,25 @@ impl<M: StateMachine> Core<M> {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+                    let (change, cs) = if e.get_entry_type() == EntryType::EntryConfChange {
                         let mut cc = raft::prelude::ConfChange::default();
                         cc.merge_from_bytes(&e.data).map_err(decode(e.index))?;
-                        self.raw.apply_conf_change(&cc)?
+                        let cs = self.raw.apply_conf_change(&cc)?;
+                        let mut single = raft::prelude::ConfChangeSingle::default();
+                        single.set_change_type(cc.get_change_type());
+                        single.node_id = cc.node_id;
+                        let mut v2 = ConfChangeV2::default();
+                        v2.mut_changes().push(single);
+                        v2.context = cc.context;
+                        (v2, cs)
                     } else {
                         let mut cc = ConfChangeV2::default();
                         cc.merge_from_bytes(&e.data).map_err(decode(e.index))?;
-                        self.raw.apply_conf_change(&cc)?
+                        let cs = self.raw.apply_conf_change(&cc)?;
+                        (cc, cs)
                     };
                     self.raw.mut_store().set_conf_state(cs.clone())?;
-                    self.sm.on_conf_change(e.index, &cs);
+                    self.sm.on_conf_change(e.index, &change, &cs);
                     self.sm.skip(e.index);
                     out.conf_changes.push((request_id, cs));
                 }

@@ -24,6 +24,6 @@ pub mod wal;
 
 pub use crate::core::{Applied, Core, CoreConfig, Progress, SnapshotSource, StateMachine};
 pub use error::{Damage, Error, RequestError, Result};
-pub use node::{NodeConfig, NodeHandle, SnapshotDone, Status, Transport};
+pub use node::{NodeConfig, NodeHandle, Replication, SnapshotDone, Status, Transport};
 pub use storage::{StorageConfig, WalStorage};
 pub use wal::{Recovered, TruncatedTail, Wal, WalConfig};

@@ -87,8 +87,12 @@ enum Command<O> {
     SnapshotReport(u64, bool),
     Campaign,
     Unreachable(u64),
+    Replication(oneshot::Sender<Option<Replication>>),
     Stop,
 }
+
+/// The leader's view of replication: each member's matched index, and the leader's last index.
+pub type Replication = (HashMap<u64, u64>, u64);
 
 /// A cloneable handle to a running node. Dropping every handle stops the node.
 pub struct NodeHandle<O> {
@@ -192,6 +196,16 @@ impl<O: Send + 'static> NodeHandle<O> {
     /// leader probes it instead of streaming appends into a dead link.
     pub fn report_unreachable(&self, id: u64) {
         let _ = self.tx.send(Command::Unreachable(id));
+    }
+
+    /// On the leader: how far each member's log matches (to check that a learner caught up);
+    /// `None` on a follower.
+    pub async fn replication(&self) -> Result<Option<Replication>, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Replication(tx))
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
     }
 
     /// Asks the node to start an election now.
@@ -436,6 +450,9 @@ where
             }
             Command::SnapshotReport(to, ok) => self.core.report_snapshot(to, ok),
             Command::Unreachable(id) => self.core.report_unreachable(id),
+            Command::Replication(reply) => {
+                let _ = reply.send(self.core.replication());
+            }
             Command::Stop => {}
             Command::Campaign => {
                 if let Err(e) = self.core.campaign() {

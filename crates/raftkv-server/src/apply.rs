@@ -345,8 +345,19 @@ impl StateMachine for Machine {
         }
     }
 
-    fn on_conf_change(&mut self, index: u64, cs: &raft::prelude::ConfState) {
-        tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "membership applied");
+    fn on_conf_change(
+        &mut self,
+        index: u64,
+        change: &raft::prelude::ConfChangeV2,
+        cs: &raft::prelude::ConfState,
+    ) {
+        if index <= self.store.consistent_index().unwrap_or(u64::MAX) {
+            return; // replayed after a restart: the table already has it
+        }
+        if self.cluster.apply_conf_change(change) {
+            tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+            let _ = self.save_cluster();
+        }
     }
 
     fn persist(&mut self) -> Result<(), String> {

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+use raft::prelude::{ConfChangeType, ConfChangeV2};
 use raftkv_proto::etcdserverpb::{AlarmMember, AlarmType, Member};
 use raftkv_proto::raftkvpb::StoredCluster;
 
@@ -63,6 +64,42 @@ impl Cluster {
     /// Whether `alarm` is raised by any member.
     pub fn has_alarm(&self, alarm: AlarmType) -> bool {
         self.alarms.iter().any(|a| a.alarm == alarm as i32)
+    }
+
+    /// Applies a committed membership change. The proposer puts the member it adds or changes in
+    /// the change's context (a `StoredCluster` with the cluster id and that member); a change
+    /// without one (the bootstrap entries) adds a voter this table may already know. Returns
+    /// whether the table changed.
+    pub fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> bool {
+        let context = StoredCluster::decode(&cc.context[..]).unwrap_or_default();
+        if context.cluster_id != 0 && context.cluster_id != self.cluster_id {
+            self.cluster_id = context.cluster_id;
+        }
+        let before = self.clone();
+        for change in &cc.changes {
+            let id = change.node_id;
+            let described = context.members.iter().find(|m| m.id == id);
+            match change.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
+                    let m = self.members.entry(id).or_insert_with(|| Member {
+                        id,
+                        ..Default::default()
+                    });
+                    if let Some(d) = described {
+                        if !d.peer_ur_ls.is_empty() {
+                            m.peer_ur_ls = d.peer_ur_ls.clone();
+                        }
+                    }
+                    m.is_learner = learner;
+                }
+                ConfChangeType::RemoveNode => {
+                    self.members.remove(&id);
+                    self.alarms.retain(|a| a.member_id != id);
+                }
+            }
+        }
+        *self != before
     }
 
     /// Reads the table kept at `path`, or `None` if there is none yet.

@@ -77,20 +77,14 @@ impl Server {
         let data = config.data_dir.clone();
         std::fs::create_dir_all(&data).map_err(io_dir(&data))?;
         let cluster_path = data.join("cluster");
-        let cluster = match Cluster::load(&cluster_path)? {
-            Some(c) => c,
+        // A member started with `existing` and no table yet joins a running cluster that added
+        // it (MemberAdd): it bootstraps no Raft log and learns everything from the leader.
+        let (cluster, joining) = match Cluster::load(&cluster_path)? {
+            Some(c) => (c, false),
             None => {
-                if config.initial_cluster_state == ClusterState::Existing {
-                    return Err(Error::Config(
-                        "--initial-cluster-state existing: joining a running cluster needs a \
-                         member add, which this version does not support; use `new` for the \
-                         founding members"
-                            .into(),
-                    ));
-                }
                 let c = Cluster::bootstrap(&config);
                 c.save(&cluster_path)?;
-                c
+                (c, config.initial_cluster_state == ClusterState::Existing)
             }
         };
         let member_id = cluster.id_of(&config.name).ok_or_else(|| {
@@ -165,15 +159,22 @@ impl Server {
             tick: config.heartbeat_interval,
             request_timeout: config.request_timeout,
         };
-        let voters: Vec<u64> = cluster.members.keys().copied().collect();
+        let voters: Vec<u64> = if joining {
+            Vec::new()
+        } else {
+            cluster.members.keys().copied().collect()
+        };
         let (node, raft_thread) =
             raftkv_raft::node::start(node_cfg, storage, machine, &voters, transport.clone())?;
+        tokio::spawn(
+            sync_peers(transport.clone(), cluster_rx.clone(), member_id).in_current_span(),
+        );
         let reporter = node.clone();
         transport.on_unreachable(Box::new(move |peer| reporter.report_unreachable(peer)));
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (db_size_tx, db_size_rx) = watch::channel(store.size_on_disk()?);
-        let headers = Headers::new(cluster.cluster_id, member_id, node.watch_status());
+        let headers = Headers::from_table(cluster_rx.clone(), member_id, node.watch_status());
         let ctx = Ctx {
             node: node.clone(),
             store: store.clone(),
@@ -224,7 +225,14 @@ impl Server {
                     LeaseService::new(ctx.clone(), lessor.clone(), shutdown_rx.clone())
                         .into_server(),
                 )
-                .add_service(ClusterService::new(ctx.clone()).into_server())
+                .add_service(
+                    ClusterService::new(
+                        ctx.clone(),
+                        config.initial_cluster_token.clone(),
+                        config.request_timeout,
+                    )
+                    .into_server(),
+                )
                 .add_service(LockService::new(ctx.clone(), revisions.clone()).into_server())
                 .add_service(ElectionService::new(ctx.clone(), revisions.clone()).into_server())
                 .add_service(
@@ -380,6 +388,38 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Keeps the transport's links equal to the membership table: a link per other member, at its
+/// current peer URLs.
+async fn sync_peers(transport: PeerTransport, mut cluster: watch::Receiver<Arc<Cluster>>, me: u64) {
+    let mut known: std::collections::BTreeMap<u64, Vec<String>> = cluster
+        .borrow()
+        .members
+        .values()
+        .filter(|m| m.id != me)
+        .map(|m| (m.id, m.peer_ur_ls.clone()))
+        .collect();
+    while cluster.changed().await.is_ok() {
+        let now: std::collections::BTreeMap<u64, Vec<String>> = cluster
+            .borrow_and_update()
+            .members
+            .values()
+            .filter(|m| m.id != me)
+            .map(|m| (m.id, m.peer_ur_ls.clone()))
+            .collect();
+        for (id, urls) in &now {
+            if known.get(id) != Some(urls) && !urls.is_empty() {
+                if let Err(e) = transport.add_peer(*id, urls.clone()) {
+                    tracing::warn!(peer = id, error = %e, "cannot link to a new member");
+                }
+            }
+        }
+        for id in known.keys().filter(|id| !now.contains_key(id)) {
+            transport.remove_peer(*id);
+        }
+        known = now;
+    }
 }
 
 /// Proposes this member's client URLs until the membership table shows them (etcd's publish),

@@ -1,7 +1,7 @@
 //! Three members in one process, driven through the etcd gRPC API: writes, reads on every
 //! member, leases (grant, keep-alive through a follower, time-to-live, expiry, revoke), member
 //! list and status, request limits, a restart from the data dir, the NOSPACE alarm, HashKV
-//! across members and MoveLeader.
+//! across members, MoveLeader, backups, Lock/Election, metrics, and membership changes.
 
 use std::time::{Duration, Instant};
 
@@ -761,6 +761,180 @@ async fn lock_and_election_services_follow_etcd() {
         .await
         .unwrap_err();
     assert_eq!(e.message(), "election: not leader");
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_grows_by_learner_and_voter_then_shrinks_past_its_leader() {
+    use raftkv_proto::etcdserverpb::{MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest};
+    use raftkv_server::ClusterState;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let all = configs(dir.path(), 3);
+    // Member `i` started with the first `n` members as its initial cluster.
+    let with_members = |i: usize, n: usize, state: ClusterState| {
+        let mut c = all[i].clone();
+        c.initial_cluster = all[0].initial_cluster[..n].to_vec();
+        c.initial_cluster_state = state;
+        c
+    };
+    // One founding member.
+    let mut m = Members {
+        _dir: dir,
+        configs: all.clone(),
+        servers: vec![
+            Some(
+                Server::start(with_members(0, 1, ClusterState::New))
+                    .await
+                    .unwrap(),
+            ),
+            None,
+            None,
+        ],
+    };
+    assert_eq!(m.leader().await, 0);
+    let mut kv = KvClient::new(m.channel(0));
+    for i in 0..30 {
+        put(&mut kv, &format!("k{i}"), "v", 0).await;
+    }
+    let mut cl = ClusterClient::new(m.channel(0));
+
+    // A learner joins and catches up; promoting it before it has started is refused.
+    let peer = |i: usize| all[i].initial_advertise_peer_urls.clone();
+    let added = cl
+        .member_add(MemberAddRequest {
+            peer_ur_ls: peer(1),
+            is_learner: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let learner = added.member.unwrap();
+    assert!(learner.is_learner);
+    assert_eq!(added.members.len(), 2);
+    let e = cl
+        .member_add(MemberAddRequest {
+            peer_ur_ls: peer(1),
+            is_learner: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "etcdserver: Peer URLs already exists");
+    m.servers[1] = Some(
+        Server::start(with_members(1, 2, ClusterState::Existing))
+            .await
+            .unwrap(),
+    );
+    let mut kv1 = KvClient::new(m.channel(1));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&mut kv1, "k29", true).await.is_none() {
+        assert!(Instant::now() < deadline, "learner never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match cl
+            .member_promote(MemberPromoteRequest { id: learner.id })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "promote never accepted: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // A voter joins.
+    cl.member_add(MemberAddRequest {
+        peer_ur_ls: peer(2),
+        is_learner: false,
+    })
+    .await
+    .unwrap();
+    m.servers[2] = Some(
+        Server::start(with_members(2, 3, ClusterState::Existing))
+            .await
+            .unwrap(),
+    );
+    let mut kv2 = KvClient::new(m.channel(2));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&mut kv2, "k29", true).await.is_none() {
+        assert!(Instant::now() < deadline, "third member never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rev = put(&mut kv2, "after-grow", "v", 0).await;
+    let members = cl
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|mm| !mm.is_learner), "{members:?}");
+    // Every member agrees on the content.
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut maint = MaintenanceClient::new(m.channel(i));
+        loop {
+            match maint.hash_kv(HashKvRequest { revision: rev }).await {
+                Ok(h) => {
+                    hashes.push(h.into_inner().hash);
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{i}: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+
+    // Remove the leader: leadership moves first, writes continue on the two left.
+    let leader = m.leader().await;
+    let leader_id = MaintenanceClient::new(m.channel(leader))
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .leader;
+    let survivor = (leader + 1) % 3;
+    let left = ClusterClient::new(m.channel(survivor))
+        .member_remove(MemberRemoveRequest { id: leader_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(left.len(), 2);
+    let s = m.servers[leader].take().unwrap();
+    s.shutdown().await.unwrap();
+    let mut kv = KvClient::new(m.channel(survivor));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match kv
+            .put(PutRequest {
+                key: "after-shrink".into(),
+                value: "v".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no writes after removing the leader: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     for s in m.servers.iter_mut().filter_map(Option::take) {
         s.shutdown().await.unwrap();
     }
