@@ -8,16 +8,25 @@
 # shared machine hit both alike), it starts a fresh 3-member cluster of that system on
 # 127.0.0.1 (data in a new folder on the project's disk, fsync on: both systems' defaults),
 # waits for a leader, runs every workload once with `raftkv bench --json`, and stops the
-# cluster (SIGTERM, wait, SIGKILL after a deadline). Last, it prints a table of medians over
-# the rounds: requests/s and p99 latency of each system, and the raftkv/etcd ratios.
+# cluster (SIGTERM, wait, SIGKILL after a deadline). After the rounds, a memory stage: for each
+# system a fresh cluster, $BENCH_MEM_KEYS keys of 256 B written once, then the resident memory
+# (VmRSS) of every member. Last, it prints a table of medians over the rounds (requests/s, p50
+# and p99 of each system, the raftkv/etcd ratios) and the targets of issue 6, met or missed.
 #
 # Workloads (key 8 B, value 256 B, 10,000 random keys, as in etcd's performance guide):
 #   put-1x1             put, 1 connection, 1 client, to the leader only      (latency)
-#   put-10x100          put, 10 connections, 100 clients, over all members   (throughput)
-#   range-10x100        linearizable range, 10 / 100, over all members
-#   range-ser-10x100    serializable range, 10 / 100, over all members
-# Also available through BENCH_WORKLOADS: txn-put-10x100 (a Txn with one put), range-1x1 and
-# range-ser-1x1 (read latency).
+#   put-8x64            put, 8 connections, 64 clients, over all members     (throughput)
+#   put-16x256          put, 16 connections, 256 clients, over all members   (throughput)
+#   range-8x64          linearizable range, 8 / 64, over all members
+#   range-ser-8x64      serializable range, 8 / 64, over all members
+#   watch               $BENCH_WATCHERS watchers on one prefix over 100 streams on 10
+#                       connections; 1 writer puts under the prefix at $BENCH_WATCH_RATE/s;
+#                       the figures are event latencies (put sent -> event received)
+#   lease               $BENCH_LEASES leases of 10 s kept alive over 10 streams (100
+#                       keep-alives in flight); req/s are keep-alive responses/s, and every
+#                       lease is checked with TimeToLive at the end (`leases_lost`)
+# Also available through BENCH_WORKLOADS: put-10x100, range-10x100, range-ser-10x100 (the
+# sizes of etcd's guide), txn-put-10x100 (a Txn with one put), range-1x1 and range-ser-1x1.
 #
 # Environment:
 #   BENCH_REPEATS      rounds; the table quotes medians over them              [3]
@@ -25,7 +34,14 @@
 #   BENCH_TOTAL_1      requests for 1-client workloads instead of BENCH_SECS   []
 #   BENCH_TOTAL_N      requests for many-client workloads instead of BENCH_SECS []
 #   BENCH_WARMUP       seconds of unmeasured load before each measurement      [1]
-#   BENCH_WORKLOADS    workloads to run, by name                [put-1x1 put-10x100 range-10x100 range-ser-10x100]
+#   BENCH_WORKLOADS    workloads to run, by name
+#                      [put-1x1 put-8x64 put-16x256 range-8x64 range-ser-8x64 watch lease]
+#   BENCH_WATCHERS     watchers of `watch`                                      [1000]
+#   BENCH_WATCH_RATE   puts/s of `watch` (each reaches every watcher)           [50]
+#   BENCH_LEASES       leases of `lease`                                        [10000]
+#   BENCH_MEM_KEYS     keys written before reading each member's VmRSS; 0 skips the memory
+#                      stage                                                    [1000000]
+#   BENCH_MEM_SETTLE   seconds between the last write and reading VmRSS         [5]
 #   BENCH_SYSTEMS      systems to run                                           ["etcd raftkv"]
 #   BENCH_BASE_PORT    first port: etcd uses BASE..BASE+21, raftkv BASE+100..BASE+121 [26000]
 #   BENCH_RESULTS      JSON lines file, one per measured run   [target/bench-vs-etcd/results-<time>.jsonl]
@@ -41,10 +57,13 @@
 #   BENCH_IDLE_PCT                                                              [15]
 #   BENCH_TABLE_ONLY   a results file: print its table and exit (runs nothing)
 #
-# A default run takes about 4 minutes on 2 cores (3 rounds x 2 systems x 4 workloads x ~7 s,
-# plus cluster starts). Needs etcd and etcdctl (scripts/setup.sh installs Debian's etcd-server
-# and etcd-client). Exit status: 0 on success, 1 on any failure (a cluster that does not start,
-# a workload whose requests all fail).
+# A default run takes about 13 minutes on 2 cores (3 rounds x 2 systems x 7 workloads x ~8 s,
+# cluster starts and idle waits, then ~1.5 min per system of memory stage). A quick look:
+#   BENCH_REPEATS=1 BENCH_SECS=2 BENCH_WARMUP=0.5 BENCH_MEM_KEYS=100000 scripts/bench-vs-etcd.sh
+# Needs etcd and etcdctl: when either is missing, the script runs scripts/setup.sh, which
+# installs Debian's etcd-server and etcd-client. Exit status: 0 on success, 1 on any failure
+# (a cluster that does not start, a workload whose requests all fail); a missed target is not
+# a failure.
 set -euo pipefail
 
 log() { printf 'bench-vs-etcd: %s\n' "$*" >&2; }
@@ -61,7 +80,12 @@ secs=${BENCH_SECS:-5}
 total_1=${BENCH_TOTAL_1:-}
 total_n=${BENCH_TOTAL_N:-}
 warmup=${BENCH_WARMUP:-1}
-read -r -a workloads <<<"${BENCH_WORKLOADS:-put-1x1 put-10x100 range-10x100 range-ser-10x100}"
+read -r -a workloads <<<"${BENCH_WORKLOADS:-put-1x1 put-8x64 put-16x256 range-8x64 range-ser-8x64 watch lease}"
+watchers=${BENCH_WATCHERS:-1000}
+watch_rate=${BENCH_WATCH_RATE:-50}
+leases=${BENCH_LEASES:-10000}
+mem_keys=${BENCH_MEM_KEYS:-1000000}
+mem_settle=${BENCH_MEM_SETTLE:-5}
 read -r -a systems <<<"${BENCH_SYSTEMS:-etcd raftkv}"
 base_port=${BENCH_BASE_PORT:-26000}
 keep_data=${BENCH_KEEP_DATA:-0}
@@ -72,7 +96,8 @@ idle_wait=${BENCH_IDLE_WAIT:-20}
 idle_pct=${BENCH_IDLE_PCT:-15}
 export ETCDCTL_API=3
 
-for n in "$repeats" "$base_port" "$start_timeout" "$stop_timeout" "$idle_wait" "$idle_pct"; do
+for n in "$repeats" "$base_port" "$start_timeout" "$stop_timeout" "$idle_wait" "$idle_pct" \
+  "$watchers" "$watch_rate" "$leases" "$mem_keys" "$mem_settle"; do
   [[ "$n" =~ ^[0-9]+$ ]] || die "bad number '$n'"
 done
 [ "$repeats" -ge 1 ] || die "BENCH_REPEATS must be at least 1"
@@ -84,6 +109,12 @@ done
 workload_spec() {
   case "$1" in
     put-1x1) echo "1 1 put --target-leader" ;;
+    put-8x64) echo "8 64 put" ;;
+    put-16x256) echo "16 256 put" ;;
+    range-8x64) echo "8 64 range" ;;
+    range-ser-8x64) echo "8 64 range-serializable" ;;
+    watch) echo "10 1 watch --watchers $watchers --streams 100 --rate $watch_rate" ;;
+    lease) echo "10 100 lease-keepalive --leases $leases --streams 10" ;;
     put-10x100) echo "10 100 put" ;;
     range-10x100) echo "10 100 range" ;;
     range-ser-10x100) echo "10 100 range-serializable" ;;
@@ -98,10 +129,12 @@ for w in "${workloads[@]}"; do
 done
 
 # --- The table: medians over the rounds. ---
-# field NAME: for each JSON line on stdin, its first number named NAME. The workloads run here
-# have no nested objects with numbers named like the top-level ones (only `mixed` nests).
+# field NAME: for each JSON line on stdin, its top-level number named NAME. The per-kind
+# statistics nested under "ops" (`mixed`, `watch`) are cut out first: they reuse the names.
 field() {
-  awk -v k="\"$1\":" '{ if (match($0, k "[-0-9.eE+]+")) print substr($0, RSTART + length(k), RLENGTH - length(k)) }'
+  awk -v k="\"$1\":" '{
+    sub(/"ops":\{("[a-z]+":\{[^{}]*\},?)*\},?/, "")
+    if (match($0, k "[-0-9.eE+]+")) print substr($0, RSTART + length(k), RLENGTH - length(k)) }'
 }
 
 # fmt VALUE FORMAT: VALUE with printf FORMAT, or "-" when empty.
@@ -112,24 +145,86 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (N
 stat() { { grep "\"name\":\"$3\"," "$1" || true; } | { grep "\"label\":\"$2\"" || true; } | field "$4" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
-# print_table FILE: one row per workload of $workloads found in the JSON lines of FILE.
+# spread FILE SYSTEM WORKLOAD FIELD: the values of FIELD over the rounds, "a; b; c" by round.
+spread() {
+  { grep "\"name\":\"$3\"," "$1" || true; } | { grep "\"label\":\"$2\"" || true; } |
+    field "$4" | awk -v f="${5:-%.0f}" '{ printf "%s" f, (NR > 1 ? "; " : ""), $1 }'
+}
+# total FILE SYSTEM WORKLOAD FIELD: the sum of FIELD over the rounds ("" when none ran).
+total() {
+  { grep "\"name\":\"$3\"," "$1" || true; } | { grep "\"label\":\"$2\"" || true; } |
+    field "$4" | awk '{ s += $1; n++ } END { if (n) print s }'
+}
+# verdict RATIO OP TARGET: met, missed, or n/a (no ratio).
+verdict() {
+  awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN {
+    if (r == "" || r == "-") { print "n/a"; exit }
+    ok = (op == "<=") ? (r + 0 <= t + 0) : (r + 0 >= t + 0)
+    print (ok ? "met" : "**missed**") }'
+}
+
+# print_table FILE: one row per workload of $workloads found in the JSON lines of FILE, then
+# the targets of issue 6.
 print_table() {
-  local file=$1 name e_rps e_p99 r_rps r_p99 rounds errors
+  local file=$1 name e_rps e_p50 e_p99 r_rps r_p50 r_p99 rounds errors
   rounds=$(field round <"$file" | sort -n | tail -n 1)
   printf '\nMedians of %s rounds (results in %s)\n\n' "${rounds:-0}" "$file"
-  printf '| workload | etcd req/s | etcd p99 ms | raftkv req/s | raftkv p99 ms | req/s raftkv/etcd | p99 raftkv/etcd |\n'
-  printf '|---|---|---|---|---|---|---|\n'
+  printf '| workload | etcd req/s | etcd p50 ms | etcd p99 ms | raftkv req/s | raftkv p50 ms | raftkv p99 ms | req/s raftkv/etcd | p99 raftkv/etcd |\n'
+  printf '|---|---|---|---|---|---|---|---|---|\n'
   for name in "${workloads[@]}"; do
     e_rps=$(stat "$file" etcd "$name" rps)
+    e_p50=$(stat "$file" etcd "$name" p50_ms)
     e_p99=$(stat "$file" etcd "$name" p99_ms)
     r_rps=$(stat "$file" raftkv "$name" rps)
+    r_p50=$(stat "$file" raftkv "$name" p50_ms)
     r_p99=$(stat "$file" raftkv "$name" p99_ms)
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$(fmt "$e_rps" %.0f)" \
-      "$(fmt "$e_p99" %.2f)" "$(fmt "$r_rps" %.0f)" "$(fmt "$r_p99" %.2f)" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$(fmt "$e_rps" %.0f)" \
+      "$(fmt "$e_p50" %.2f)" "$(fmt "$e_p99" %.2f)" "$(fmt "$r_rps" %.0f)" \
+      "$(fmt "$r_p50" %.2f)" "$(fmt "$r_p99" %.2f)" \
       "$(ratio "$r_rps" "$e_rps")" "$(ratio "$r_p99" "$e_p99")"
   done
   errors=$(field errors <"$file" | awk '{ s += $1 } END { print s + 0 }')
   [ "$errors" = 0 ] || log "note: $errors failed requests in all (see error_messages in $file)"
+
+  printf '\nTargets (issue 6): medians over the rounds, the rounds in brackets; ratio raftkv/etcd\n\n'
+  printf '| target | etcd | raftkv | raftkv/etcd | target | verdict |\n|---|---|---|---|---|---|\n'
+  target_row "$file" "put, 1 client: p50 ms" put-1x1 p50_ms "%.2f" "<=" 1.00
+  target_row "$file" "put, 1 client: p99 ms" put-1x1 p99_ms "%.2f" "<=" 1.00
+  target_row "$file" "put, 64 clients: req/s" put-8x64 rps "%.0f" ">=" 1.50
+  target_row "$file" "put, 256 clients: req/s" put-16x256 rps "%.0f" ">=" 1.50
+  target_row "$file" "get linearizable, 64 clients: req/s" range-8x64 rps "%.0f" ">=" 1.50
+  target_row "$file" "get serializable, 64 clients: req/s" range-ser-8x64 rps "%.0f" ">=" 1.50
+  target_row "$file" "watch, $watchers watchers: event p99 ms" watch p99_ms "%.2f" "<=" 1.00
+  target_row "$file" "$leases leases: keep-alives/s" lease rps "%.0f" ">=" 1.00
+  target_row "$file" "$mem_keys keys: VmRSS per node, MiB (largest member)" mem rss_mib_max "%.0f" "<=" 1.00
+  local e_lost r_lost e_miss r_miss
+  e_lost=$(total "$file" etcd lease leases_lost)
+  r_lost=$(total "$file" raftkv lease leases_lost)
+  if [ -n "$e_lost$r_lost" ]; then
+    printf '| %s leases: lost, all rounds | %s | %s | - | 0 | %s |\n' "$leases" "${e_lost:--}" \
+      "${r_lost:--}" "$(if [ "${r_lost:-1}" = 0 ]; then echo met; else echo '**missed**'; fi)"
+  fi
+  e_miss=$(total "$file" etcd watch events_missing)
+  r_miss=$(total "$file" raftkv watch events_missing)
+  if [ -n "$e_miss$r_miss" ]; then
+    printf '| watch: events never received, all rounds | %s | %s | - | 0 | %s |\n' \
+      "${e_miss:--}" "${r_miss:--}" \
+      "$(if [ "${r_miss:-1}" = 0 ]; then echo met; else echo '**missed**'; fi)"
+  fi
+}
+
+# target_row FILE TITLE WORKLOAD FIELD FORMAT OP TARGET: one row of the targets table (none when
+# neither system ran WORKLOAD).
+target_row() {
+  local file=$1 title=$2 name=$3 key=$4 f=$5 op=$6 target=$7 e r q
+  e=$(stat "$file" etcd "$name" "$key")
+  r=$(stat "$file" raftkv "$name" "$key")
+  [ -n "$e$r" ] || return 0 # not run
+  q=$(ratio "$r" "$e")
+  printf '| %s | %s (%s) | %s (%s) | %s | %s %s | %s |\n' "$title" "$(fmt "$e" "$f")" \
+    "$(spread "$file" etcd "$name" "$key" "$f")" "$(fmt "$r" "$f")" \
+    "$(spread "$file" raftkv "$name" "$key" "$f")" "$q" "$op" "$target" \
+    "$(verdict "$q" "$op" "$target")"
 }
 
 if [ -n "${BENCH_TABLE_ONLY:-}" ]; then
@@ -138,7 +233,12 @@ if [ -n "${BENCH_TABLE_ONLY:-}" ]; then
   exit 0
 fi
 
-command -v etcdctl >/dev/null 2>&1 || die "etcdctl not found: run scripts/setup.sh"
+if ! command -v etcdctl >/dev/null 2>&1 ||
+  { [[ " ${systems[*]} " == *" etcd "* ]] && ! command -v "$etcd_bin" >/dev/null 2>&1; }; then
+  log "etcd or etcdctl missing: running scripts/setup.sh (installs etcd-server, etcd-client)"
+  bash "$repo/scripts/setup.sh" >&2 || die "scripts/setup.sh failed"
+fi
+command -v etcdctl >/dev/null 2>&1 || die "etcdctl not found even after scripts/setup.sh"
 
 # --- Build. ---
 if [ -n "${RAFTKV_BIN:-}" ]; then
@@ -152,7 +252,7 @@ fi
 read -r -a client <<<"${BENCH_CLIENT:-$raftkv_bin bench}"
 "${client[@]}" --help >/dev/null 2>&1 || die "'${client[*]} --help' fails: is \`raftkv bench\` built?"
 if [[ " ${systems[*]} " == *" etcd "* ]]; then
-  command -v "$etcd_bin" >/dev/null 2>&1 || die "$etcd_bin not found: run scripts/setup.sh"
+  command -v "$etcd_bin" >/dev/null 2>&1 || die "$etcd_bin not found (ETCD_BIN)"
 fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -347,5 +447,40 @@ for round in $(seq 1 "$repeats"); do
     [ "$keep_data" = 1 ] || rm -rf "$work/$sys-r$round"
   done
 done
+
+# --- Memory: a fresh cluster per system, $mem_keys keys of 256 B, then each member's VmRSS. ---
+# measure_memory SYSTEM: appends one line {"name":"mem", rss_mib_max, rss_mib_avg, rss_kb: [..]}.
+measure_memory() {
+  local sys=$1 out i rss kb_list="" max=0 sum=0
+  start_cluster "$sys" mem
+  log "$sys: writing $mem_keys keys of 256 B (16 connections, 256 clients)"
+  if ! out=$("${client[@]}" --endpoints "$(endpoints "$sys")" --conns 16 --clients 256 \
+    --total "$mem_keys" --key-space "$mem_keys" --seq-keys --key-size 8 --val-size 256 \
+    --json --label "$sys" put); then
+    printf '%s\n' "$out" >&2
+    die "$sys: loading $mem_keys keys failed"
+  fi
+  sleep "$mem_settle"
+  for i in "${!pids[@]}"; do
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/${pids[$i]}/status" 2>/dev/null || true)
+    [ -n "$rss" ] || die "$sys member ${members[$i]}: no VmRSS (did it exit?)"
+    kb_list+="${kb_list:+,}$rss"
+    sum=$((sum + rss))
+    [ "$rss" -le "$max" ] || max=$rss
+  done
+  printf '{"name":"mem","round":1,"label":"%s","keys":%s,"load_rps":%s,"load_errors":%s,"rss_kb":[%s],"rss_mib_max":%s,"rss_mib_avg":%s}\n' \
+    "$sys" "$mem_keys" "$(field rps <<<"$out")" "$(field errors <<<"$out")" "$kb_list" \
+    "$(awk -v k="$max" 'BEGIN { printf "%.1f", k / 1024 }')" \
+    "$(awk -v k="$sum" -v n="${#pids[@]}" 'BEGIN { printf "%.1f", k / n / 1024 }')" >>"$results"
+  log "$sys: VmRSS after $mem_keys keys: $kb_list kB (loaded at $(fmt "$(field rps <<<"$out")" %.0f) puts/s)"
+}
+if [ "$mem_keys" -gt 0 ]; then
+  for sys in "${systems[@]}"; do
+    wait_idle
+    measure_memory "$sys"
+    stop_cluster
+    [ "$keep_data" = 1 ] || rm -rf "$work/$sys-rmem"
+  done
+fi
 
 print_table "$results"

@@ -4,17 +4,25 @@
 //! `--conns` gRPC connections (tonic `Channel`s) are opened round-robin over `--endpoints`;
 //! `--clients` concurrent tasks share them (client `i` uses connection `i % conns`) and each
 //! sends one request at a time until `--total` requests have been sent or `--duration` has
-//! passed. Reads go to keys written beforehand (the populate phase is not measured). The
-//! report (stdout) gives requests/s and latency statistics like etcd's; `--json` prints one
-//! JSON object instead, for `scripts/bench-vs-etcd.sh`.
+//! passed, `--rate` capping the requests/s of all of them. Reads go to keys written beforehand
+//! (the populate phase is not measured). The report (stdout) gives requests/s and latency
+//! statistics like etcd's, max included; `--json` prints one JSON object instead, for
+//! `scripts/bench-vs-etcd.sh`. While a phase runs, a progress bar is drawn on stderr when it
+//! is a terminal.
 //!
 //! - [`workload`]: workload kinds, keys, values and the request each operation becomes.
+//! - [`watch`]: the `watch` workload (watchers on one prefix, event latency).
+//! - [`lease`]: the `lease-keepalive` workload (many leases kept alive, leases lost).
+//! - [`pace`]: the `--rate` cap and the progress bar.
 //! - [`report`]: latency histograms, error counts and the text and JSON reports.
 //!
 //! Failed requests are counted by gRPC message and reported; the run fails only when no
 //! request succeeded.
 
+pub(crate) mod lease;
+pub(crate) mod pace;
 pub(crate) mod report;
+pub(crate) mod watch;
 pub(crate) mod workload;
 
 use std::io::{IsTerminal, Write as _};
@@ -29,6 +37,7 @@ use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::StatusRequest;
 use tonic::transport::{Channel, Endpoint};
 
+use pace::{Pacer, Progress};
 use report::{ErrorCounts, Report, RunInfo, SharedHistogram};
 use workload::{KeyGen, Op, OpKind, OpSpec, Rng, Workload};
 
@@ -97,6 +106,16 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1.0)]
     pub(crate) rw_ratio: f64,
 
+    /// Cap on requests per second, all clients together (0: no cap). `watch`: puts/s;
+    /// `lease-keepalive`: keep-alives/s.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) rate: f64,
+
+    /// Flags of the `watch` and `lease-keepalive` workloads (boxed: keeps the `Bench` variant of
+    /// the CLI's command enum small).
+    #[command(flatten)]
+    pub(crate) streaming: Box<StreamingArgs>,
+
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub(crate) json: bool,
@@ -105,9 +124,36 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) label: Option<String>,
 
-    /// What to send: put, range (linearizable), range-serializable, txn-put or mixed.
+    /// What to send: put, range (linearizable), range-serializable, txn-put, mixed, watch or
+    /// lease-keepalive.
     #[arg(value_enum)]
     pub(crate) workload: Workload,
+}
+
+/// Flags of the streaming workloads, `watch` and `lease-keepalive`.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Watch and lease-keepalive")]
+pub(crate) struct StreamingArgs {
+    /// Watches on the prefix (`watch`).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) watchers: usize,
+
+    /// The watched prefix; the keys written are this plus the usual key (`watch`).
+    #[arg(long, default_value = "w/")]
+    pub(crate) watch_prefix: String,
+
+    /// Watch streams (`watch`) or keep-alive streams (`lease-keepalive`), spread round-robin
+    /// over the connections [default: --conns].
+    #[arg(long)]
+    pub(crate) streams: Option<usize>,
+
+    /// Leases granted and kept alive (`lease-keepalive`).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) leases: u64,
+
+    /// TTL of those leases, in seconds (`lease-keepalive`).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub(crate) lease_ttl: i64,
 }
 
 impl BenchArgs {
@@ -144,6 +190,21 @@ impl BenchArgs {
             self.rw_ratio.is_finite() && self.rw_ratio >= 0.0,
             "--rw-ratio must be zero or positive"
         );
+        ensure!(
+            self.rate.is_finite() && self.rate >= 0.0,
+            "--rate must be zero (no cap) or positive"
+        );
+        if self.workload == Workload::Watch {
+            ensure!(self.streaming.watchers > 0, "--watchers must be at least 1");
+            ensure!(
+                self.val_size >= watch::STAMP_LEN,
+                "--val-size must be at least {} for watch (the value carries the send time)",
+                watch::STAMP_LEN
+            );
+        }
+        if self.streaming.streams == Some(0) {
+            bail!("--streams must be at least 1");
+        }
         Ok(())
     }
 }
@@ -183,12 +244,50 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (Some(n), None) => Stop::Total(n),
         (None, None) => Stop::Total(DEFAULT_TOTAL),
     };
-    if args.warmup > 0.0 {
-        progress(format_args!("warming up for {} s", args.warmup));
-        let warmup = Stop::After(Duration::from_secs_f64(args.warmup));
-        let _discarded = measure(&channels, &keys, spec, args.clients, warmup).await?;
-    }
-    let outcome = measure(&channels, &keys, spec, args.clients, stop).await?;
+    let warmup = (args.warmup > 0.0).then(|| Duration::from_secs_f64(args.warmup));
+    let streams = args.streaming.streams.unwrap_or(args.conns);
+    let outcome = match args.workload {
+        Workload::Watch => {
+            let spec = watch::WatchSpec {
+                watchers: args.streaming.watchers,
+                streams,
+                prefix: args.streaming.watch_prefix.clone().into_bytes(),
+                writers: args.clients,
+                warmup,
+                stop,
+                rate: args.rate,
+            };
+            watch::run(&channels, &keys, &spec).await?
+        }
+        Workload::LeaseKeepalive => {
+            let spec = lease::LeaseSpec {
+                leases: args.streaming.leases,
+                ttl: args.streaming.lease_ttl,
+                streams,
+                in_flight: args.clients,
+                warmup,
+                stop,
+                rate: args.rate,
+            };
+            lease::run(&channels, &spec).await?
+        }
+        _ => {
+            if let Some(w) = warmup {
+                let _discarded = measure(
+                    &channels,
+                    &keys,
+                    spec,
+                    args.clients,
+                    Stop::After(w),
+                    args.rate,
+                    "warm-up",
+                )
+                .await?;
+            }
+            let title = args.workload.name();
+            measure(&channels, &keys, spec, args.clients, stop, args.rate, title).await?
+        }
+    };
 
     let report = Report {
         info: RunInfo {
@@ -206,6 +305,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         all: outcome.all,
         parts: outcome.parts,
         errors: outcome.errors,
+        extra: outcome.extra,
     };
     let text = if args.json {
         format!("{}\n", report.to_json())
@@ -237,7 +337,7 @@ fn normalize_url(url: &str) -> String {
 }
 
 /// A note on stderr while the run is set up (stdout carries only the report).
-fn progress(message: std::fmt::Arguments<'_>) {
+pub(crate) fn progress(message: std::fmt::Arguments<'_>) {
     if std::io::stderr().is_terminal() {
         let _ = writeln!(std::io::stderr(), "bench: {message}");
     }
@@ -326,28 +426,47 @@ async fn populate(channels: &[Channel], keys: &KeyGen, clients: usize) -> anyhow
 
 /// When the clients stop.
 #[derive(Clone, Copy, Debug)]
-enum Stop {
+pub(crate) enum Stop {
     /// After this many requests in all.
     Total(u64),
     /// After this much time.
     After(Duration),
 }
 
-/// What one measured phase produced.
-struct Outcome {
-    elapsed: Duration,
-    all: hdrhistogram::Histogram<u64>,
-    parts: Vec<(&'static str, hdrhistogram::Histogram<u64>)>,
-    errors: ErrorCounts,
+impl Stop {
+    /// For a phase starting at `start`: its deadline, if any, and the requests it may send.
+    pub(crate) fn bounds(self, start: Instant) -> (Option<Instant>, u64) {
+        match self {
+            Stop::After(d) => (Some(start + d), u64::MAX),
+            Stop::Total(n) => (None, n),
+        }
+    }
 }
 
-/// Runs `clients` concurrent clients until `stop`, recording every request's latency.
+/// What one measured phase produced.
+pub(crate) struct Outcome {
+    /// Wall time of the measured phase.
+    pub(crate) elapsed: Duration,
+    /// The latencies the report is about.
+    pub(crate) all: hdrhistogram::Histogram<u64>,
+    /// Other latencies, reported apart.
+    pub(crate) parts: Vec<(&'static str, hdrhistogram::Histogram<u64>)>,
+    /// Failed requests.
+    pub(crate) errors: ErrorCounts,
+    /// Workload-specific figures for the report.
+    pub(crate) extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Runs `clients` concurrent clients until `stop`, at most `rate` requests/s in all (0: no
+/// cap), recording every request's latency; a progress bar titled `title` shows on a terminal.
 async fn measure(
     channels: &[Channel],
     keys: &KeyGen,
     spec: OpSpec,
     clients: usize,
     stop: Stop,
+    rate: f64,
+    title: &str,
 ) -> anyhow::Result<Outcome> {
     let reads = SharedHistogram::new();
     let writes = SharedHistogram::new();
@@ -356,25 +475,27 @@ async fn measure(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
+    let pacer = Pacer::new(rate);
+    let done = Arc::new(AtomicU64::new(0));
+    let _bar = Progress::start(title, stop, Arc::clone(&done));
     let start = Instant::now();
-    let deadline = match stop {
-        Stop::After(d) => Some(start + d),
-        Stop::Total(_) => None,
-    };
-    let limit = match stop {
-        Stop::Total(n) => n,
-        Stop::After(_) => u64::MAX,
-    };
+    let (deadline, limit) = stop.bounds(start);
 
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
         let mut kv = KvClient::new(channels[c % channels.len()].clone());
-        let (next, keys) = (Arc::clone(&next), keys.clone());
+        let (next, keys, pacer, done) = (
+            Arc::clone(&next),
+            keys.clone(),
+            pacer.clone(),
+            Arc::clone(&done),
+        );
         let (mut read_rec, mut write_rec) = (reads.recorder(), writes.recorder());
         let mut rng = Rng::new(seed ^ (c as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
         tasks.spawn(async move {
             let mut errors = ErrorCounts::default();
             loop {
+                pacer.wait().await;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
@@ -396,6 +517,7 @@ async fn measure(
                     (Ok(()), OpKind::Write) => write_rec.record(latency),
                     (Err(status), _) => errors.add(&status),
                 }
+                done.fetch_add(1, Ordering::Relaxed);
             }
             errors
         });
@@ -420,6 +542,7 @@ async fn measure(
         all,
         parts,
         errors,
+        extra: serde_json::Map::new(),
     })
 }
 
@@ -457,6 +580,46 @@ mod tests {
         assert_eq!(a.duration, Some(5.0));
         assert_eq!(a.workload, Workload::RangeSerializable);
         a.validate().unwrap();
+    }
+
+    #[test]
+    fn watch_and_lease_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--conns",
+            "10",
+            "--watchers",
+            "1000",
+            "--streams",
+            "100",
+            "--rate",
+            "50",
+            "watch",
+        ])
+        .unwrap();
+        let a = cli.bench;
+        assert_eq!(a.workload, Workload::Watch);
+        let w = &a.streaming;
+        assert_eq!((w.watchers, w.streams, a.rate), (1000, Some(100), 50.0));
+        assert_eq!(w.watch_prefix, "w/");
+        a.validate().unwrap();
+
+        let cli = Cli::try_parse_from(["bench", "--leases", "500", "lease-keepalive"]).unwrap();
+        let a = cli.bench;
+        assert_eq!(a.workload, Workload::LeaseKeepalive);
+        let l = &a.streaming;
+        assert_eq!((l.leases, l.lease_ttl, l.streams), (500, 10, None));
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_refuses_bad_rates_and_stampless_watch_values() {
+        let cli = Cli::try_parse_from(["bench", "--rate=-1", "put"]).unwrap();
+        assert!(cli.bench.validate().is_err());
+        let cli = Cli::try_parse_from(["bench", "--val-size", "8", "watch"]).unwrap();
+        assert!(cli.bench.validate().is_err());
+        let cli = Cli::try_parse_from(["bench", "--streams", "0", "watch"]).unwrap();
+        assert!(cli.bench.validate().is_err());
     }
 
     #[test]

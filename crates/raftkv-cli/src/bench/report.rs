@@ -162,6 +162,9 @@ pub(crate) struct Report {
     pub(crate) parts: Vec<(&'static str, Histogram<u64>)>,
     /// Failed requests.
     pub(crate) errors: ErrorCounts,
+    /// Workload-specific figures (`watch`: events missing; `lease-keepalive`: leases lost),
+    /// top-level fields of the JSON and a "Details" section of the text.
+    pub(crate) extra: serde_json::Map<String, Value>,
 }
 
 fn ms(ns: f64) -> f64 {
@@ -223,6 +226,7 @@ impl Report {
         m.insert("duration_s".into(), json!(self.elapsed.as_secs_f64()));
         m.insert("errors".into(), json!(self.errors.total()));
         m.extend(stats_json(&self.all, self.elapsed));
+        m.extend(self.extra.clone());
         let errors: serde_json::Map<String, Value> = self
             .errors
             .by_count()
@@ -274,6 +278,12 @@ impl Report {
                 &ErrorCounts::default(),
             );
         }
+        if !self.extra.is_empty() {
+            let _ = writeln!(s, "\nDetails:");
+            for (k, v) in &self.extra {
+                let _ = writeln!(s, "  {k}:\t{v}");
+            }
+        }
         let errors = self.errors.by_count();
         if !errors.is_empty() {
             let _ = writeln!(s, "\nError distribution:");
@@ -316,6 +326,7 @@ fn summary(s: &mut String, title: &str, h: &Histogram<u64>, elapsed: Duration, e
             ms(h.value_at_quantile(q) as f64)
         );
     }
+    let _ = writeln!(s, "  max in {:.4} ms.", ms(h.max() as f64));
 }
 
 /// etcd's histogram: `n` equal-width buckets from the fastest to the slowest request, as
@@ -380,6 +391,7 @@ mod tests {
             all: shared.snapshot(),
             parts: Vec::new(),
             errors,
+            extra: serde_json::Map::from_iter([("leases_lost".to_owned(), json!(0))]),
         }
     }
 
@@ -393,6 +405,9 @@ mod tests {
         assert_eq!(j["errors"], 3);
         assert_eq!(j["error_messages"]["etcdserver: no leader"], 2);
         assert_eq!(j["error_messages"]["DeadlineExceeded"], 1);
+        assert_eq!(j["leases_lost"], 0);
+        let max = j["max_ms"].as_f64().unwrap();
+        assert!((0.999..=1.001).contains(&max), "max {max}");
         let p50 = j["p50_ms"].as_f64().unwrap();
         assert!((0.499..=0.501).contains(&p50), "p50 {p50}");
         let p999 = j["p999_ms"].as_f64().unwrap();
@@ -406,6 +421,8 @@ mod tests {
         let text = r.to_text();
         assert!(text.contains("Requests/sec:\t500.0000"), "{text}");
         assert!(text.contains("99.9% in"), "{text}");
+        assert!(text.contains("max in 1.000"), "{text}");
+        assert!(text.contains("leases_lost:\t0"), "{text}");
         assert!(text.contains("[2]\tetcdserver: no leader"), "{text}");
         let total: u64 = buckets(&r.all, 10, 40).iter().map(|b| b.1).sum();
         assert_eq!(total, 1000);

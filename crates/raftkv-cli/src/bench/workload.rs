@@ -23,6 +23,12 @@ pub(crate) enum Workload {
     /// Linearizable single-key ranges and puts, `--rw-ratio` reads per write, over pre-populated
     /// keys; reads and writes are also reported apart.
     Mixed,
+    /// `--watchers` watches on one prefix and writers putting under it: event latency (see
+    /// `bench::watch`).
+    Watch,
+    /// `--leases` leases kept alive over `--streams` streams: keep-alive throughput, leases
+    /// lost (see `bench::lease`).
+    LeaseKeepalive,
 }
 
 impl Workload {
@@ -34,6 +40,8 @@ impl Workload {
             Workload::RangeSerializable => "range-serializable",
             Workload::TxnPut => "txn-put",
             Workload::Mixed => "mixed",
+            Workload::Watch => "watch",
+            Workload::LeaseKeepalive => "lease-keepalive",
         }
     }
 
@@ -108,6 +116,11 @@ impl KeyGen {
         }
     }
 
+    /// The value every put writes.
+    pub(crate) fn value(&self) -> &[u8] {
+        &self.value
+    }
+
     /// The number of distinct keys.
     pub(crate) fn key_space(&self) -> u64 {
         self.key_space
@@ -144,10 +157,13 @@ impl KeyGen {
         }
     }
 
-    /// The request number `seq` of a workload sends.
+    /// The request number `seq` of a workload sends. `watch` and `lease-keepalive` build their
+    /// own requests; here they are plain puts.
     pub(crate) fn op(&self, spec: &OpSpec, seq: u64, rng: &mut Rng) -> Op {
         match spec.workload {
-            Workload::Put => Op::Put(self.put_key(self.pick(seq, rng))),
+            Workload::Put | Workload::Watch | Workload::LeaseKeepalive => {
+                Op::Put(self.put_key(self.pick(seq, rng)))
+            }
             Workload::Range | Workload::RangeSerializable => Op::Range(RangeRequest {
                 key: self.pick(seq, rng),
                 serializable: spec.workload == Workload::RangeSerializable,
