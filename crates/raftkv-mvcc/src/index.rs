@@ -64,6 +64,20 @@ impl KeyEntry {
     }
 }
 
+/// The end of the range of keys starting with `prefix` (etcd's `--prefix` rule): the prefix
+/// with its last byte below 0xff incremented and what follows dropped; `"\0"` (every key from
+/// the prefix on) when there is none.
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// The interval of keys a request names, decoded from etcd's `key`/`range_end` convention.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRange<'a> {

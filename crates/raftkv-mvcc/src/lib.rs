@@ -61,7 +61,7 @@ pub use config::Config;
 pub use error::{Error, RequestError, Result};
 pub use hash::KvHash;
 pub use history::HistoryBatch;
-pub use index::KeyRange;
+pub use index::{prefix_range_end, KeyRange};
 pub use lease::{LeaseInfo, MAX_LEASE_TTL};
 pub use revision::Revision;
 pub use snapshot::Snapshot;

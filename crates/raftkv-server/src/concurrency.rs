@@ -49,16 +49,7 @@ struct Contest {
     revisions: watch::Receiver<i64>,
 }
 
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+use raftkv_mvcc::prefix_range_end as prefix_end;
 
 fn contender_key(name: &[u8], lease: i64) -> Vec<u8> {
     let mut key = name.to_vec();

@@ -68,18 +68,7 @@ pub(crate) fn read_stamp(value: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's `--prefix` rule).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): every key from the prefix on.
-    vec![0]
-}
+pub(crate) use raftkv_client::prefix_range_end as prefix_end;
 
 /// Nanoseconds since `base`.
 fn nanos_since(base: Instant) -> u64 {
@@ -373,12 +362,5 @@ mod tests {
         assert_eq!(&v[STAMP_LEN..], &[b'a'; 256 - STAMP_LEN][..]);
         assert_eq!(read_stamp(b"short"), None);
         assert_eq!(read_stamp(&[b'z'; 32]), None);
-    }
-
-    #[test]
-    fn prefix_end_follows_etcds_rule() {
-        assert_eq!(prefix_end(b"w/"), b"w0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

@@ -107,17 +107,7 @@ pub(crate) struct CompactionArgs {
     pub(crate) args: Vec<String>,
 }
 
-/// The range end that selects every key with `key` as a prefix (clientv3's `GetPrefixRangeEnd`).
-pub(crate) fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub(crate) use raftkv_client::prefix_range_end as prefix_end;
 
 /// The key and range end of `get`/`del` with `--prefix` / `--from-key`.
 fn key_range(
@@ -370,16 +360,4 @@ pub(crate) async fn compaction(a: CompactionArgs) -> CtlResult {
     .await?;
     emit(&format!("compacted revision {revision}\n"));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_is_clientv3s() {
-        assert_eq!(prefix_end(b"a"), b"b");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-    }
 }
