@@ -375,11 +375,7 @@ impl StateMachine for Machine {
         self.store
             .restore(&mut snapshot::ReadAdapter(data))
             .map_err(|e| e.to_string())?;
-        self.cluster = Cluster {
-            cluster_id: stored.cluster_id,
-            members: stored.members.into_iter().map(|m| (m.id, m)).collect(),
-            alarms: stored.alarms,
-        };
+        self.cluster = Cluster::from_stored(stored);
         self.save_cluster().map_err(|e| format!("{e:?}"))?;
         let _ = self.out.leases.send(LeaseEvent::Reset);
         self.out

@@ -23,16 +23,13 @@ use raftkv_proto::etcdserverpb::{
     MemberUpdateRequest, MemberUpdateResponse,
 };
 use raftkv_proto::raftkvpb::StoredCluster;
-use tonic::transport::Endpoint;
 use tonic::{Response, Status};
 
 use crate::config::parse_url;
 use crate::context::Ctx;
 use crate::error::raft_status;
+use crate::forward;
 use crate::members::member_id;
-
-/// gRPC metadata marking a promote a follower forwarded to the leader.
-const FORWARDED: &str = "raftkv-forwarded";
 
 /// The etcd Cluster service of one member.
 pub struct ClusterService {
@@ -232,7 +229,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let forwarded = request.metadata().get(FORWARDED).is_some();
+        let forwarded = forward::is_forwarded(&request);
         let id = request.get_ref().id;
         let Some(target) = self.ctx.cluster.borrow().members.get(&id).cloned() else {
             return Err(not_found());
@@ -245,7 +242,7 @@ impl Cluster for ClusterService {
         let st = self.ctx.headers.status();
         if st.role != StateRole::Leader {
             if forwarded || st.leader == 0 {
-                return Err(Status::unavailable("etcdserver: no leader"));
+                return Err(forward::no_leader());
             }
             return self.forward_promote(st.leader, id).await;
         }
@@ -280,21 +277,8 @@ impl ClusterService {
         leader: u64,
         id: u64,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let url = self
-            .ctx
-            .cluster
-            .borrow()
-            .members
-            .get(&leader)
-            .and_then(|m| m.client_ur_ls.first().cloned())
-            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
-        let channel = Endpoint::from_shared(url)
-            .map_err(|_| Status::unavailable("etcdserver: no leader"))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        let mut req = tonic::Request::new(MemberPromoteRequest { id });
-        req.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let channel = forward::channel_to(&self.ctx, leader).ok_or_else(forward::no_leader)?;
+        let req = forward::request(MemberPromoteRequest { id });
         ClusterClient::new(channel).member_promote(req).await
     }
 }

@@ -22,7 +22,8 @@ use tonic::{Response, Status, Streaming};
 use crate::apply::Response as Applied;
 use crate::context::{unexpected, Ctx};
 use crate::error::{request_status, store_status};
-use crate::lessor::{LessorHandle, FORWARDED};
+use crate::forward::is_forwarded;
+use crate::lessor::LessorHandle;
 
 /// The etcd Lease service of one member.
 pub struct LeaseService {
@@ -49,10 +50,6 @@ impl LeaseService {
         let limit = self.ctx.limits.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
         LeaseServer::new(self).max_decoding_message_size(limit)
     }
-}
-
-fn is_forwarded<T>(r: &tonic::Request<T>) -> bool {
-    r.metadata().get(FORWARDED).is_some()
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;

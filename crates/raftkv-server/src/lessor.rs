@@ -36,15 +36,13 @@ use raftkv_proto::etcdserverpb::{
 };
 use raftkv_proto::raftkvpb::raft_request::Request;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::apply::LeaseEvent;
 use crate::context::Ctx;
 use crate::error::store_status;
-
-/// gRPC metadata key marking a request a follower forwarded to the leader.
-pub const FORWARDED: &str = "raftkv-forwarded";
+use crate::forward::{self, no_leader};
 
 /// etcd's cap on leases per checkpoint entry.
 const CHECKPOINT_BATCH: usize = 1000;
@@ -119,10 +117,6 @@ impl LessorHandle {
 
 fn stopped() -> Status {
     Status::unavailable(crate::error::STOPPED)
-}
-
-fn no_leader() -> Status {
-    Status::unavailable("etcdserver: no leader")
 }
 
 struct Lease {
@@ -591,35 +585,19 @@ impl Lessor {
     /// A channel to the leader's first client URL, cached per leader.
     fn leader_channel(&mut self) -> Option<Channel> {
         let leader = self.ctx.node.status().leader;
-        if leader == 0 {
-            return None;
-        }
         if let Some((id, ch)) = &self.forward {
-            if *id == leader {
+            if *id == leader && leader != 0 {
                 return Some(ch.clone());
             }
         }
-        let url = self
-            .ctx
-            .cluster
-            .borrow()
-            .members
-            .get(&leader)
-            .and_then(|m| m.client_ur_ls.first().cloned())?;
-        let endpoint = Endpoint::from_shared(url)
-            .ok()?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
-        let ch = endpoint.connect_lazy();
+        let ch = forward::channel_to(&self.ctx, leader)?;
         self.forward = Some((leader, ch.clone()));
         Some(ch)
     }
 }
 
 fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let mut r = forward::request(msg);
     r.set_timeout(Duration::from_secs(5));
     r
 }
@@ -633,9 +611,7 @@ type Renewal = (i64, oneshot::Sender<Result<i64, Status>>);
 async fn renewal_stream(channel: Channel, mut rx: mpsc::Receiver<Renewal>) {
     let (out_tx, out_rx) = mpsc::channel(1024);
     let mut client = LeaseClient::new(channel);
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(out_rx));
-    req.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let req = forward::request(tokio_stream::wrappers::ReceiverStream::new(out_rx));
     let mut waiting: std::collections::VecDeque<oneshot::Sender<Result<i64, Status>>> =
         std::collections::VecDeque::new();
     let opened = tokio::time::timeout(Duration::from_secs(2), client.lease_keep_alive(req)).await;

@@ -10,6 +10,7 @@
 //!   what they share.
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health` on `--listen-metrics-urls`.
 //! - [`members`]: the membership table and alarms, with member and cluster ids.
+//! - [`forward`]: requests a follower hands to the leader.
 //! - [`lessor`]: lease deadlines on the leader, expiry, keep-alives and TTL checkpoints.
 //! - [`watch`]: the Watch service: history replay then live events, per stream.
 //! - [`snapshot`]: the member snapshot format (follower catch-up and backups); [`backup`]:
@@ -25,6 +26,7 @@ pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod forward;
 pub mod header;
 pub mod kv;
 pub mod lease;

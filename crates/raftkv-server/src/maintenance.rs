@@ -108,7 +108,8 @@ impl Maintenance for MaintenanceService {
         let st = self.ctx.headers.status();
         let store = &self.ctx.store;
         let rev = store.revision().map_err(|e| store_status(&e))?;
-        let db_size = store.size_on_disk().map_err(|e| store_status(&e))? as i64;
+        // Refreshed every 100 ms by the store's commit task: no file walk per request.
+        let db_size = *self.ctx.db_size.borrow() as i64;
         let errors = self
             .ctx
             .cluster

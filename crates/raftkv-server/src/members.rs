@@ -118,20 +118,30 @@ impl Cluster {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
-        Ok(Some(Cluster {
+        Ok(Some(Cluster::from_stored(stored)))
+    }
+
+    /// The table as it is persisted (and carried in snapshots).
+    pub fn to_stored(&self) -> StoredCluster {
+        StoredCluster {
+            cluster_id: self.cluster_id,
+            members: self.members.values().cloned().collect(),
+            alarms: self.alarms.clone(),
+        }
+    }
+
+    /// The table from its persisted form.
+    pub fn from_stored(stored: StoredCluster) -> Cluster {
+        Cluster {
             cluster_id: stored.cluster_id,
             members: stored.members.into_iter().map(|m| (m.id, m)).collect(),
             alarms: stored.alarms,
-        }))
+        }
     }
 
     /// Writes the table to `path` durably (temporary file, fsync, rename, fsync of the dir).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let stored = StoredCluster {
-            cluster_id: self.cluster_id,
-            members: self.members.values().cloned().collect(),
-            alarms: self.alarms.clone(),
-        };
+        let stored = self.to_stored();
         let io = |source| Error::DataDir {
             path: path.to_path_buf(),
             source,

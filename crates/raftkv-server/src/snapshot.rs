@@ -25,11 +25,7 @@ impl MemberSnapshot {
     /// Captures `store` (compaction is held off while the snapshot lives) and `cluster`.
     pub fn capture(store: &Store, cluster: &Cluster) -> raftkv_mvcc::Result<Self> {
         Ok(MemberSnapshot {
-            cluster: StoredCluster {
-                cluster_id: cluster.cluster_id,
-                members: cluster.members.values().cloned().collect(),
-                alarms: cluster.alarms.clone(),
-            },
+            cluster: cluster.to_stored(),
             store: store.snapshot()?,
         })
     }
