@@ -233,13 +233,7 @@ pub(crate) async fn member(a: MemberArgs) -> CtlResult {
                         .await
                 })
                 .await?;
-            let cluster_id = resp.header.as_ref().map_or(0, |h| h.cluster_id);
-            emit(&match fmt {
-                Format::Json => {
-                    format::json_members(resp.header.as_ref(), None, &resp.members) + "\n"
-                }
-                _ => format!("Member {id:16x} removed from cluster {cluster_id:16x}\n"),
-            });
+            print_change(fmt, resp.header.as_ref(), &resp.members, id, "removed from");
         }
         MemberCommand::Promote { args } => {
             let fmt = fmt.no_table()?;
@@ -252,16 +246,25 @@ pub(crate) async fn member(a: MemberArgs) -> CtlResult {
                         .await
                 })
                 .await?;
-            let cluster_id = resp.header.as_ref().map_or(0, |h| h.cluster_id);
-            emit(&match fmt {
-                Format::Json => {
-                    format::json_members(resp.header.as_ref(), None, &resp.members) + "\n"
-                }
-                _ => format!("Member {id:16x} promoted in cluster {cluster_id:16x}\n"),
-            });
+            print_change(fmt, resp.header.as_ref(), &resp.members, id, "promoted in");
         }
     }
     Ok(())
+}
+
+/// etcdctl's answer to `member remove` / `member promote`: the members as JSON, or one line.
+fn print_change(
+    fmt: Format,
+    header: Option<&raftkv_proto::etcdserverpb::ResponseHeader>,
+    members: &[raftkv_proto::etcdserverpb::Member],
+    id: u64,
+    verb: &str,
+) {
+    let cluster_id = header.map_or(0, |h| h.cluster_id);
+    emit(&match fmt {
+        Format::Json => format::json_members(header, None, members) + "\n",
+        _ => format!("Member {id:16x} {verb} cluster {cluster_id:16x}\n"),
+    });
 }
 
 /// The endpoints to check: `--endpoints`, or every client URL in the member list.
