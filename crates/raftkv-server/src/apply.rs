@@ -15,7 +15,9 @@ use raftkv_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, TxnResponse,
 };
-use raftkv_proto::raftkvpb::{raft_request::Request, MemberAttributes, RaftRequest};
+use raftkv_proto::raftkvpb::{
+    raft_request::Request, MemberAttributes, MemberPeerUrls, RaftRequest,
+};
 use raftkv_raft::{SnapshotSource, StateMachine};
 use tokio::sync::{mpsc, watch};
 
@@ -43,6 +45,8 @@ pub enum Response {
     Alarm(AlarmResponse),
     /// A member's published attributes.
     MemberAttributes,
+    /// A member's new peer URLs.
+    MemberPeerUrls,
 }
 
 /// Why an applied request was refused. Every member refuses it the same way and changes nothing.
@@ -52,6 +56,10 @@ pub enum ApplyError {
     Request(RequestError),
     /// A write refused while the NOSPACE alarm is raised.
     NoSpace,
+    /// A member change names a member that is not in the table (removed meanwhile).
+    MemberNotFound,
+    /// New peer URLs that another member has (added meanwhile).
+    PeerUrlsExist,
     /// The entry does not decode, or the store failed (the node is stopping).
     Internal(String),
 }
@@ -256,6 +264,40 @@ impl Machine {
 }
 
 impl Machine {
+    /// MemberUpdate: checked again here, in log order, so that concurrent changes cannot leave
+    /// two members with one URL.
+    fn apply_peer_urls(&mut self, index: u64, u: &MemberPeerUrls) -> Option<Output> {
+        if index <= self.store.consistent_index().unwrap_or(u64::MAX) {
+            return None;
+        }
+        let taken = self
+            .cluster
+            .members
+            .values()
+            .any(|m| m.id != u.id && m.peer_ur_ls.iter().any(|p| u.peer_urls.contains(p)));
+        let refusal = match self.cluster.members.get_mut(&u.id) {
+            None => Some(ApplyError::MemberNotFound),
+            Some(_) if taken => Some(ApplyError::PeerUrlsExist),
+            Some(m) => {
+                if m.peer_ur_ls != u.peer_urls {
+                    m.peer_ur_ls = u.peer_urls.clone();
+                    tracing::info!(member = format_args!("{:x}", u.id), urls = ?u.peer_urls, "member peer URLs updated");
+                    if let Err(e) = self.save_cluster() {
+                        return Some(Err(e));
+                    }
+                }
+                None
+            }
+        };
+        match refusal {
+            Some(err) => self.refuse(index, err),
+            None => match self.store.skip(index) {
+                Ok(()) => Some(Ok(Response::MemberPeerUrls)),
+                Err(e) => Some(Err(self.fail(e.to_string()))),
+            },
+        }
+    }
+
     /// Decodes and applies one entry; see [`StateMachine::apply`].
     fn apply_entry(&mut self, index: u64, _term: u64, data: &[u8]) -> Option<Output> {
         let req = match RaftRequest::decode(data) {
@@ -316,6 +358,7 @@ impl Machine {
             }
             Request::Alarm(r) => self.apply_alarm(index, &r),
             Request::MemberAttributes(a) => self.apply_attributes(index, &a),
+            Request::MemberPeerUrls(u) => self.apply_peer_urls(index, &u),
         };
         if out.is_some() {
             self.publish_revision();

@@ -8,7 +8,8 @@
 //!   left; removing the leader hands leadership to another voter first.
 //! - MemberPromote: only a learner, and only once its log is within 10 % of the leader's (etcd's
 //!   rule), decided on the leader (a follower forwards the request there).
-//! - MemberUpdate (new peer URLs) is not supported yet and answers `Unimplemented`.
+//! - MemberUpdate (new peer URLs): an ordinary entry (raft-rs has no "update node" change) that
+//!   rewrites the member's URLs in every table; the peer links follow the table.
 
 use std::time::Duration;
 
@@ -22,11 +23,13 @@ use raftkv_proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use raftkv_proto::raftkvpb::StoredCluster;
+use raftkv_proto::raftkvpb::raft_request::Request;
+use raftkv_proto::raftkvpb::{MemberPeerUrls, StoredCluster};
 use tonic::{Response, Status};
 
+use crate::apply::Response as ApplyResponse;
 use crate::config::parse_url;
-use crate::context::Ctx;
+use crate::context::{unexpected, Ctx};
 use crate::error::raft_status;
 use crate::forward;
 use crate::members::member_id;
@@ -96,6 +99,29 @@ fn not_found() -> Status {
     Status::not_found("etcdserver: member not found")
 }
 
+/// etcd's checks of new peer URLs: present, well formed, and not another member's (`except` is
+/// the member being updated).
+fn check_peer_urls(urls: &[String], members: &[Member], except: Option<u64>) -> Result<(), Status> {
+    if urls.is_empty() {
+        return Err(Status::invalid_argument(
+            "etcdserver: member peer URLs are not provided",
+        ));
+    }
+    for u in urls {
+        parse_url(u).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    let taken = members
+        .iter()
+        .filter(|m| Some(m.id) != except)
+        .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)));
+    if taken {
+        return Err(Status::failed_precondition(
+            "etcdserver: Peer URLs already exists",
+        ));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -103,23 +129,7 @@ impl Cluster for ClusterService {
         request: tonic::Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let req = request.into_inner();
-        if req.peer_ur_ls.is_empty() {
-            return Err(Status::invalid_argument(
-                "etcdserver: member peer URLs are not provided",
-            ));
-        }
-        for u in &req.peer_ur_ls {
-            parse_url(u).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        }
-        let in_use = self
-            .members()
-            .iter()
-            .any(|m| m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u)));
-        if in_use {
-            return Err(Status::failed_precondition(
-                "etcdserver: Peer URLs already exists",
-            ));
-        }
+        check_peer_urls(&req.peer_ur_ls, &self.members(), None)?;
         let id = member_id(&req.peer_ur_ls, &self.token);
         if self.ctx.cluster.borrow().members.contains_key(&id) {
             return Err(Status::failed_precondition(
@@ -204,11 +214,26 @@ impl Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _request: tonic::Request<MemberUpdateRequest>,
+        request: tonic::Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "raftkv: changing a member's peer URLs is not supported by this version",
-        ))
+        let req = request.into_inner();
+        let members = self.members();
+        if !members.iter().any(|m| m.id == req.id) {
+            return Err(not_found());
+        }
+        check_peer_urls(&req.peer_ur_ls, &members, Some(req.id))?;
+        let update = MemberPeerUrls {
+            id: req.id,
+            peer_urls: req.peer_ur_ls,
+        };
+        match self.ctx.propose(Request::MemberPeerUrls(update)).await? {
+            ApplyResponse::MemberPeerUrls => {}
+            _ => return Err(unexpected("MemberUpdate")),
+        }
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(

@@ -118,6 +118,10 @@ pub fn apply_status(e: ApplyError) -> Status {
     match e {
         ApplyError::Request(r) => request_status(r),
         ApplyError::NoSpace => no_space(),
+        ApplyError::MemberNotFound => Status::not_found("etcdserver: member not found"),
+        ApplyError::PeerUrlsExist => {
+            Status::failed_precondition("etcdserver: Peer URLs already exists")
+        }
         ApplyError::Internal(m) => Status::internal(format!("etcdserver: {m}")),
     }
 }

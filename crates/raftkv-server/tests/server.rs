@@ -83,6 +83,18 @@ impl Members {
         Channel::from_shared(url).unwrap().connect_lazy()
     }
 
+    /// Member `i`'s id, from its Status header.
+    async fn member_id(&self, i: usize) -> u64 {
+        MaintenanceClient::new(self.channel(i))
+            .status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id
+    }
+
     async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -458,14 +470,7 @@ async fn members_hash_equal_and_leadership_moves_on_request() {
 
     // MoveLeader: refused by a follower, done by the leader.
     let target = (leader + 1) % 3;
-    let target_id = MaintenanceClient::new(m.channel(target))
-        .status(StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .member_id;
+    let target_id = m.member_id(target).await;
     let e = MaintenanceClient::new(m.channel(target))
         .move_leader(MoveLeaderRequest { target_id })
         .await
@@ -934,6 +939,97 @@ async fn cluster_grows_by_learner_and_voter_then_shrinks_past_its_leader() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_update_moves_a_member_to_new_peer_urls() {
+    use raftkv_proto::etcdserverpb::MemberUpdateRequest;
+    let mut m = Members::start(3).await;
+    let leader = m.leader().await;
+    let moved = (leader + 1) % 3;
+    let moved_id = m.member_id(moved).await;
+    let mut cl = ClusterClient::new(m.channel(leader));
+    let update = |id: u64, urls: Vec<String>| MemberUpdateRequest {
+        id,
+        peer_ur_ls: urls,
+    };
+    // Refusals change nothing.
+    let e = cl
+        .member_update(update(moved_id ^ 1, vec!["http://127.0.0.1:1".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::NotFound, "etcdserver: member not found")
+    );
+    let taken = m.configs[leader].initial_advertise_peer_urls.clone();
+    let e = cl.member_update(update(moved_id, taken)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists"
+        )
+    );
+    let e = cl
+        .member_update(update(moved_id, vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // The member moves to a new peer port: update, then restart it listening there.
+    let new_url = format!("http://127.0.0.1:{}", free_port());
+    let members = cl
+        .member_update(update(moved_id, vec![new_url.clone()]))
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let entry = members.iter().find(|mm| mm.id == moved_id).unwrap();
+    assert_eq!(entry.peer_ur_ls, vec![new_url.clone()]);
+    // Every member's table learns it.
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = ClusterClient::new(m.channel(i))
+                .member_list(MemberListRequest {
+                    linearizable: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .members;
+            if list
+                .iter()
+                .any(|mm| mm.id == moved_id && mm.peer_ur_ls == vec![new_url.clone()])
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {i} never saw the update");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    m.servers[moved].take().unwrap().shutdown().await.unwrap();
+    let mut cfg = m.configs[moved].clone();
+    cfg.listen_peer_urls = vec![new_url.clone()];
+    cfg.initial_advertise_peer_urls = vec![new_url];
+    m.servers[moved] = Some(Server::start(cfg).await.unwrap());
+    // Writes made now reach the moved member over its new link.
+    let leader = m.leader().await;
+    let mut kv = KvClient::new(m.channel(leader));
+    put(&mut kv, "after-move", "v", 0).await;
+    let mut kv_moved = KvClient::new(m.channel(moved));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&mut kv_moved, "after-move", true).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the moved member never received new entries"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for s in m.servers.iter_mut().filter_map(Option::take) {
         s.shutdown().await.unwrap();

@@ -1,4 +1,4 @@
-//! `member list|add|remove|promote` (the Cluster service) and `endpoint status|health`
+//! `member list|add|remove|update|promote` (the Cluster service) and `endpoint status|health`
 //! (per-endpoint Maintenance.Status and a linearizable read plus the alarm list), with
 //! etcdctl's simple, JSON and table output.
 
@@ -10,7 +10,8 @@ use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::{
     AlarmRequest, AlarmType, Member, MemberAddRequest, MemberListRequest, MemberListResponse,
-    MemberPromoteRequest, MemberRemoveRequest, RangeRequest, StatusRequest, StatusResponse,
+    MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest, RangeRequest, StatusRequest,
+    StatusResponse,
 };
 
 use super::conn::{dial, Conn, Retry};
@@ -45,6 +46,15 @@ pub(crate) enum MemberCommand {
     },
     /// Removes a member from the cluster.
     Remove {
+        /// The member id in hexadecimal.
+        #[arg(value_name = "MEMBER_ID")]
+        args: Vec<String>,
+    },
+    /// Updates a member in the cluster.
+    Update {
+        /// Comma separated peer URLs for the updated member.
+        #[arg(long, default_value = "")]
+        peer_urls: String,
         /// The member id in hexadecimal.
         #[arg(value_name = "MEMBER_ID")]
         args: Vec<String>,
@@ -91,6 +101,15 @@ fn member_id(args: &[String]) -> Result<u64, CtlError> {
             "bad member ID arg (strconv.ParseUint: parsing {arg:?}: {what}), expecting ID in Hex"
         ))
     })
+}
+
+/// `--peer-urls` as a list (comma separated, blanks dropped).
+fn split_urls(flag: &str) -> Vec<String> {
+    flag.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn member_rows(members: &[Member]) -> Vec<Vec<String>> {
@@ -163,12 +182,7 @@ pub(crate) async fn member(a: MemberArgs) -> CtlResult {
                 return Err(CtlError::args("member name not provided"));
             }
             let name = args[0].clone();
-            let urls: Vec<String> = peer_urls
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
+            let urls = split_urls(&peer_urls);
             if urls.is_empty() {
                 return Err(CtlError::args("member peer urls not provided"));
             }
@@ -234,6 +248,29 @@ pub(crate) async fn member(a: MemberArgs) -> CtlResult {
                 })
                 .await?;
             print_change(fmt, resp.header.as_ref(), &resp.members, id, "removed from");
+        }
+        MemberCommand::Update { peer_urls, args } => {
+            let fmt = fmt.no_table()?;
+            if args.len() != 1 {
+                return Err(CtlError::args("member ID is not provided"));
+            }
+            let id = member_id(&args)?;
+            let urls = split_urls(&peer_urls);
+            if urls.is_empty() {
+                return Err(CtlError::args("member peer urls not provided"));
+            }
+            let mut conn = Conn::connect(&a.global).await?;
+            let req = MemberUpdateRequest {
+                id,
+                peer_ur_ls: urls,
+            };
+            let resp = conn
+                .call(Retry::Never, |ch| {
+                    let req = req.clone();
+                    async move { ClusterClient::new(ch).member_update(req).await }
+                })
+                .await?;
+            print_change(fmt, resp.header.as_ref(), &resp.members, id, "updated in");
         }
         MemberCommand::Promote { args } => {
             let fmt = fmt.no_table()?;
