@@ -1,7 +1,8 @@
 //! Physical compaction: a background thread that rewrites the blocks holding revisions a logical
 //! compaction dropped. Logical compaction (the index and the compact revision) happens at once,
 //! on the applying thread; this only reclaims space, so it may lag without changing any answer.
-//! Snapshot exports hold it off so that they stream a stable set of blocks.
+//! Snapshot exports hold it off so that they stream a stable set of blocks, and so does a
+//! defragmentation while it copies the database.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,16 +17,18 @@ const BLOCKS_PER_BATCH: usize = 64;
 /// One logical compaction's dropped revisions that live in committed blocks, sorted.
 pub(crate) struct Job {
     pub(crate) generation: u64,
-    pub(crate) tree: sled::Tree,
     pub(crate) removed: Vec<Revision>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct GateState {
-    /// Snapshot exports in progress.
+    /// Snapshot exports and defragmentations in progress.
     pub(crate) holds: usize,
     /// The active tree generation; jobs for older ones are dropped.
     pub(crate) generation: u64,
+    /// The active tree, read at each batch: a defragmentation swaps it for its copy (same
+    /// generation, same content) while jobs wait.
+    pub(crate) tree: Option<sled::Tree>,
     /// Jobs submitted and not yet finished.
     pub(crate) queued: usize,
 }
@@ -132,11 +135,14 @@ fn run(gate: &Gate, job: &Job) -> Result<(), sled::Error> {
         if g.generation != job.generation {
             return Ok(());
         }
+        let Some(tree) = g.tree.clone() else {
+            return Ok(());
+        };
         let mut batch = sled::Batch::default();
         let mut blocks = 0;
         while i < job.removed.len() && blocks < BLOCKS_PER_BATCH {
             let rev = job.removed[i];
-            let Some(item) = job.tree.range(lo..=record::block_key(rev)).next_back() else {
+            let Some(item) = tree.range(lo..=record::block_key(rev)).next_back() else {
                 i += 1;
                 continue;
             };
@@ -168,7 +174,7 @@ fn run(gate: &Gate, job: &Job) -> Result<(), sled::Error> {
             }
             blocks += 1;
         }
-        job.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         drop(g);
     }
     tracing::debug!(revisions = job.removed.len(), "physical compaction done");

@@ -68,6 +68,18 @@ pub enum Error {
     /// Reading or writing a snapshot stream failed.
     #[error("snapshot I/O: {0}")]
     SnapshotIo(#[from] std::io::Error),
+    /// The store directory could not be read or changed.
+    #[error("store directory {path}: {source}")]
+    Dir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A defragmentation failed part way and was abandoned; the store goes on serving from its
+    /// old copy, unchanged. Not fatal.
+    #[error("defragment abandoned: {0}")]
+    Defragment(Box<Error>),
     /// A configuration value is out of range.
     #[error("invalid store config: {0}")]
     Config(String),

@@ -32,6 +32,8 @@
 //! - [`hash`]: the content hash at a revision (HashKV), the corruption check.
 //! - `compactor`: the background thread that reclaims space after a compaction.
 //! - [`snapshot`]: point-in-time export and verified import.
+//! - `layout`, [`defrag`]: the directory's numbered copies of the database, and the online
+//!   defragmentation that writes the next copy and switches to it.
 //!
 //! # Durability
 //! Applied changes are buffered and committed to sled as one atomic batch (blocks, leases and the
@@ -42,10 +44,12 @@
 
 mod compactor;
 mod config;
+pub mod defrag;
 mod error;
 pub mod hash;
 pub mod history;
 mod index;
+mod layout;
 mod lease;
 mod range;
 mod record;
@@ -58,6 +62,7 @@ pub mod validate;
 mod write;
 
 pub use config::Config;
+pub use defrag::Defragmented;
 pub use error::{Error, RequestError, Result};
 pub use hash::KvHash;
 pub use history::HistoryBatch;

@@ -130,23 +130,26 @@ impl Store {
     /// and verified end to end before it becomes active, so a bad or truncated stream (or a
     /// crash part way) leaves the store as it was.
     pub fn restore(&self, r: &mut impl Read) -> Result<()> {
+        let _copy = self.copy();
         let mut st = self.write_for_restore();
         let mut gate = self.gate().lock();
         let generation = gate.generation + 1;
         let name = tree_name(generation);
-        self.db().drop_tree(&name)?;
-        let tree = self.db().open_tree(&name)?;
+        let db = st.db.clone();
+        db.drop_tree(&name)?;
+        let tree = db.open_tree(&name)?;
         if let Err(e) = import(&tree, r) {
             drop(tree);
-            self.db().drop_tree(&name)?;
+            db.drop_tree(&name)?;
             return Err(e);
         }
-        self.db().insert(ACTIVE, &generation.to_be_bytes())?;
-        self.db().flush()?;
+        db.insert(ACTIVE, &generation.to_be_bytes())?;
+        db.flush()?;
         let old = st.tree.name();
-        let (state, removed) = load(self.config(), tree)?;
-        self.db().drop_tree(old)?;
+        let (state, removed) = load(self.config(), db.clone(), tree)?;
+        db.drop_tree(old)?;
         gate.generation = generation;
+        gate.tree = Some(state.tree.clone());
         drop(gate);
         self.install(&mut st, state, removed, generation);
         tracing::info!(

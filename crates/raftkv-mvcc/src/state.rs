@@ -45,8 +45,13 @@ impl Pending {
 
 pub(crate) struct State {
     pub(crate) path: PathBuf,
-    /// The active tree (it changes when a snapshot is restored).
+    /// The live sled database (it changes when the store is defragmented).
+    pub(crate) db: sled::Db,
+    /// The active tree of `db` (it changes when a snapshot is restored or on defragment).
     pub(crate) tree: sled::Tree,
+    /// While a defragmentation copies the database: every batch committed since it began, to
+    /// replay onto the copy.
+    pub(crate) mirror: Option<Vec<sled::Batch>>,
     pub(crate) index: Index,
     pub(crate) leases: Leases,
     pub(crate) rev: i64,

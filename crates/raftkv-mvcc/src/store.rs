@@ -1,6 +1,6 @@
 //! [`Store`]: the cheap, cloneable handle every other part of a node uses.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use prost::Message;
 use raftkv_proto::etcdserverpb::{
@@ -15,6 +15,7 @@ use crate::compactor::{Compactor, Gate, Job};
 use crate::config::Config;
 use crate::error::{Error, RequestError, Result};
 use crate::index::{Index, IndexKey, KeyEntry, KeyRange, Live, RevMark};
+use crate::layout::Layout;
 use crate::lease::{Lease, LeaseInfo, Leases, MAX_LEASE_TTL};
 use crate::range::range;
 use crate::record::{self, MetaState, Record};
@@ -43,7 +44,10 @@ struct Shared {
     /// First field, so it is stopped (and its tree handle released) before the rest drops.
     compactor: Compactor,
     config: Config,
-    db: sled::Db,
+    layout: Layout,
+    /// The number of the live copy in `layout`. Held for the whole of a defragmentation or a
+    /// snapshot restore, so the two never overlap.
+    copy: Mutex<u64>,
     /// The index, leases and pending changes. Held for the length of one read or one applied
     /// request, never across I/O to anything but sled.
     state: RwLock<State>,
@@ -58,7 +62,7 @@ impl Drop for Shared {
                 if let Err(e) = st
                     .tree
                     .apply_batch(batch)
-                    .and_then(|()| self.db.flush().map(drop))
+                    .and_then(|()| st.db.flush().map(drop))
                 {
                     tracing::error!(error = %e, "final commit on close failed; the Raft log replays it");
                 }
@@ -70,12 +74,12 @@ impl Drop for Shared {
 /// Opens sled. When the same process closed the store a moment ago, sled's flusher thread may
 /// still hold the directory's file lock for a few milliseconds: wait that out (bounded) instead
 /// of failing a restart. Another process holding the lock still fails after the bound.
-fn open_sled(config: &Config) -> Result<sled::Db> {
+pub(crate) fn open_sled(config: &Config, path: &std::path::Path) -> Result<sled::Db> {
     const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
     let started = std::time::Instant::now();
     loop {
         let opened = sled::Config::new()
-            .path(&config.path)
+            .path(path)
             .cache_capacity(config.cache_capacity)
             .flush_every_ms(config.flush_every_ms)
             .open();
@@ -99,7 +103,8 @@ impl Store {
     /// Opens (or creates) the store at `config.path`, rebuilding the in-memory index from disk.
     pub fn open(config: Config) -> Result<Store> {
         config.validate()?;
-        let db = open_sled(&config)?;
+        let (layout, copy) = Layout::open(&config.path)?;
+        let db = open_sled(&config, &layout.dir(copy))?;
         let generation = match db.get(ACTIVE)? {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
                 path: config.path.clone(),
@@ -114,13 +119,16 @@ impl Store {
             }
         }
         let tree = db.open_tree(tree_name(generation))?;
-        let (state, removed) = load(&config, tree)?;
+        let (state, removed) = load(&config, db, tree)?;
         let gate = Arc::new(Gate::default());
-        gate.lock().generation = generation;
+        {
+            let mut g = gate.lock();
+            g.generation = generation;
+            g.tree = Some(state.tree.clone());
+        }
         let compactor = Compactor::start(Arc::clone(&gate)).map_err(Error::SnapshotIo)?;
         compactor.submit(Job {
             generation,
-            tree: state.tree.clone(),
             removed,
         });
         tracing::info!(
@@ -135,7 +143,8 @@ impl Store {
         Ok(Store {
             shared: Arc::new(Shared {
                 config,
-                db,
+                layout,
+                copy: Mutex::new(copy),
                 state: RwLock::new(state),
                 gate,
                 compactor,
@@ -151,7 +160,7 @@ impl Store {
         Ok(st)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
+    pub(crate) fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
         let st = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
         if st.failed {
             return Err(Error::Failed);
@@ -163,8 +172,13 @@ impl Store {
         &self.shared.gate
     }
 
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.shared.db
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.shared.layout
+    }
+
+    /// Locks the number of the live copy: held by a defragmentation or a restore throughout.
+    pub(crate) fn copy(&self) -> MutexGuard<'_, u64> {
+        self.shared.copy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configuration the store was opened with.
@@ -279,7 +293,6 @@ impl Store {
             let generation = shared.gate.lock().generation;
             shared.compactor.submit(Job {
                 generation,
-                tree: st.tree.clone(),
                 removed,
             });
             Ok(CompactionResponse {
@@ -402,14 +415,19 @@ impl Store {
 
     /// Commits and makes everything committed durable on disk.
     pub fn sync(&self) -> Result<()> {
-        self.commit()?;
-        self.shared.db.flush()?;
+        let db = {
+            let mut st = self.write()?;
+            commit_locked(&mut st)?;
+            st.db.clone()
+        };
+        db.flush()?;
         Ok(())
     }
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.shared.db.size_on_disk()?)
+        let db = self.read()?.db.clone();
+        Ok(db.size_on_disk()?)
     }
 
     /// Runs `f` as the request applied at `index`; see the type's docs for the contract.
@@ -442,7 +460,6 @@ impl Store {
         *st = state;
         self.shared.compactor.submit(Job {
             generation,
-            tree: st.tree.clone(),
             removed,
         });
     }
@@ -463,6 +480,9 @@ pub(crate) fn commit_locked(st: &mut State) -> Result<()> {
     let Some(batch) = st.commit_batch() else {
         return Ok(());
     };
+    if let Some(mirror) = &mut st.mirror {
+        mirror.push(batch.clone());
+    }
     if let Err(e) = st.tree.apply_batch(batch) {
         st.failed = true;
         tracing::error!(error = %e, "commit to sled failed; the store refuses further work");
@@ -485,7 +505,11 @@ fn compact_index(index: &mut Index, at: i64) -> Vec<Revision> {
 
 /// Rebuilds the in-memory state from `tree`. Returns it with the revisions that the persisted
 /// compaction drops but that are still on disk (a compaction interrupted by a crash).
-pub(crate) fn load(config: &Config, tree: sled::Tree) -> Result<(State, Vec<Revision>)> {
+pub(crate) fn load(
+    config: &Config,
+    db: sled::Db,
+    tree: sled::Tree,
+) -> Result<(State, Vec<Revision>)> {
     let corrupt = |what: String| Error::Corrupt {
         path: config.path.clone(),
         what,
@@ -570,7 +594,9 @@ pub(crate) fn load(config: &Config, tree: sled::Tree) -> Result<(State, Vec<Revi
     };
     let state = State {
         path: config.path.clone(),
+        db,
         tree,
+        mirror: None,
         index,
         leases,
         rev: meta.revision,

@@ -1,8 +1,8 @@
 //! The Maintenance service: Status (what `etcdctl endpoint status` prints), Alarm (list, raise
 //! and disarm, e.g. NOSPACE), HashKV and Hash (the store's content hash, equal on every member at
 //! one revision: the corruption check), MoveLeader, Snapshot (a backup stream, see
-//! [`crate::backup`]). Defragment and Downgrade belong to the cluster-operations work and are
-//! refused for now with `Unimplemented`.
+//! [`crate::backup`]), Defragment (online, this member's store only). Downgrade (etcd 3.5's
+//! version downgrade) has nothing to do with a single raftkv version and answers `Unimplemented`.
 
 use std::pin::Pin;
 
@@ -137,7 +137,27 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: tonic::Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(later("defragment"))
+        // This member only, as in etcd; but online: reads and writes go on while the store is
+        // copied, pausing for the final switch only (see raftkv_mvcc::defrag).
+        let store = self.ctx.store.clone();
+        let done = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: defragment task: {e}")))?;
+        let d = done.map_err(|e| {
+            tracing::warn!(error = %e, "defragment failed");
+            store_status(&e)
+        })?;
+        metrics::counter!("raftkv_defragments_total").increment(1);
+        tracing::info!(
+            before = d.before,
+            after = d.after,
+            pause_micros = d.pause_micros,
+            "defragmented"
+        );
+        let rev = self.ctx.store.revision().map_err(|e| store_status(&e))?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.ctx.headers.at(rev)),
+        }))
     }
 
     async fn hash(

@@ -304,12 +304,15 @@ fn print_change(
     });
 }
 
-/// The endpoints to check: `--endpoints`, or every client URL in the member list.
-async fn target_endpoints(a: &EndpointArgs) -> Result<Vec<String>, CtlError> {
-    if !a.cluster {
-        return Ok(a.global.endpoint_list());
+/// The endpoints to act on: `--endpoints`, or (`cluster`) every client URL in the member list.
+pub(crate) async fn target_endpoints(
+    global: &GlobalArgs,
+    cluster: bool,
+) -> Result<Vec<String>, CtlError> {
+    if !cluster {
+        return Ok(global.endpoint_list());
     }
-    let mut conn = Conn::connect(&a.global).await?;
+    let mut conn = Conn::connect(global).await?;
     let resp = member_list(&mut conn).await.map_err(|e| {
         CtlError::new(
             EXIT_ERROR,
@@ -394,7 +397,7 @@ async fn status_of(g: &GlobalArgs, endpoint: &str) -> Result<StatusResponse, Ctl
 /// `endpoint ...`.
 pub(crate) async fn endpoint(a: EndpointArgs) -> CtlResult {
     let fmt = a.global.format()?;
-    let endpoints = target_endpoints(&a).await?;
+    let endpoints = target_endpoints(&a.global, a.cluster).await?;
     match a.command {
         EndpointCommand::Health => {
             let mut set = tokio::task::JoinSet::new();

@@ -21,6 +21,7 @@ pub(crate) mod conn;
 pub(crate) mod format;
 pub(crate) mod kv;
 pub(crate) mod lease;
+pub(crate) mod maintenance;
 pub(crate) mod snapshot;
 pub(crate) mod txn;
 pub(crate) mod watch;
@@ -159,6 +160,8 @@ pub(crate) enum CtlCommand {
     Compaction(kv::CompactionArgs),
     /// Manages etcd node snapshots.
     Snapshot(snapshot::SnapshotArgs),
+    /// Defragments the storage of the etcd members with given endpoints.
+    Defrag(maintenance::DefragArgs),
     /// Acquires a named lock.
     Lock(concurrency::LockArgs),
     /// Observes and participates in leader election.
@@ -177,6 +180,7 @@ const COMMANDS: &[&str] = &[
     "endpoint",
     "compaction",
     "snapshot",
+    "defrag",
     "lock",
     "elect",
 ];
@@ -255,6 +259,7 @@ pub(crate) fn run(cmd: CtlCommand) -> ExitCode {
             CtlCommand::Member(a) => cluster::member(a).await,
             CtlCommand::Endpoint(a) => cluster::endpoint(a).await,
             CtlCommand::Snapshot(a) => snapshot::run(a).await,
+            CtlCommand::Defrag(a) => maintenance::defrag(a).await,
             CtlCommand::Lock(a) => concurrency::lock(a).await,
             CtlCommand::Elect(a) => concurrency::elect(a).await,
         }
