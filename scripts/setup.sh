@@ -13,7 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 #   build-essential, pkg-config - C toolchain for crates that build C code
 #   protobuf-compiler - `protoc`, needed only by the crates.io `etcd-client` (a dev-dependency of
 #                 the end-to-end tests) at build time; raftkv's own protos use the pure-Rust protox
-APT_PACKAGES=(etcd-client etcd-server build-essential pkg-config protobuf-compiler)
+#   curl         - the HTTP client the JSON gateway's end-to-end tests (tests/tests/gateway.rs) run
+APT_PACKAGES=(etcd-client etcd-server build-essential pkg-config protobuf-compiler curl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

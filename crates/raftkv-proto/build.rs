@@ -1,5 +1,5 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and generates
-//! prost messages plus tonic clients and servers.
+//! prost messages plus tonic clients and servers, and (pbjson) serde impls for the etcd API.
 
 use std::{env, fs, io, path::PathBuf};
 
@@ -26,7 +26,18 @@ fn main() -> io::Result<()> {
 
     // Kept for gRPC reflection; exposed as `FILE_DESCRIPTOR_SET`.
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(io::Error::other)?);
-    fs::write(out_dir.join("raftkv_descriptor.bin"), fds.encode_to_vec())?;
+    let descriptor = fds.encode_to_vec();
+    fs::write(out_dir.join("raftkv_descriptor.bin"), &descriptor)?;
+
+    // serde impls for the etcd API's messages (`<package>.serde.rs`), for the JSON gateway:
+    // proto field names on output (etcd's gateway runs jsonpb with OrigName), both spellings
+    // accepted on input, unknown fields ignored (as jsonpb does).
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor)?
+        .out_dir(&out_dir)
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".mvccpb", ".authpb", ".etcdserverpb"])?;
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -5,6 +5,12 @@
 //! directory in the cluster's temporary directory, and a log file that receives its stdout and
 //! stderr. When a test panics while a [`Cluster`] is alive, the tail of every member's log is
 //! printed. Dropping the cluster SIGKILLs and reaps every member.
+//!
+//! Membership changes go the etcd way, through the stock etcdctl: [`Cluster::add_member`]
+//! (`member add`, then the new process with `--initial-cluster-state existing`),
+//! [`Cluster::promote_member`] and [`Cluster::remove_member`]; members keep their index (and
+//! name `m<index>`) for the whole test, removed ones included. [`Cluster::start_restored`]
+//! starts a new cluster from a `snapshot save` file.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -102,38 +108,36 @@ fn workspace_root() -> PathBuf {
 /// Builds `raftkv` once per test process (`cargo build -p raftkv-cli --bin raftkv`) and
 /// returns its path. `RAFTKV_BIN` names a prebuilt binary instead.
 pub fn raftkv_binary() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let bin = BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("RAFTKV_BIN") {
-            return Ok(PathBuf::from(bin));
-        }
-        let root = workspace_root();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|d| if d.is_relative() { root.join(d) } else { d })
-            .unwrap_or_else(|| root.join("target"));
-        let out = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "raftkv-cli", "--bin", "raftkv"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = stderr.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            return Err(format!(
-                "`cargo build -p raftkv-cli --bin raftkv` failed (last lines):\n{tail}"
-            ));
-        }
-        Ok(target_dir.join("debug").join("raftkv"))
-    });
-    match bin {
-        Ok(path) => path,
-        Err(e) => panic!("{e}"),
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("RAFTKV_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => workspace_binary("raftkv-cli", "raftkv"),
+    })
+}
+
+/// Builds binary `bin` of workspace package `package` (debug profile, the tests' target dir)
+/// and returns its path; panics with the build's last lines if it fails.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_relative() { root.join(d) } else { d })
+        .unwrap_or_else(|| root.join("target"));
+    let out = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        panic!("`cargo build -p {package} --bin {bin}` failed (last lines):\n{tail}");
     }
+    target_dir.join("debug").join(bin)
 }
 
 /// Ports handed out in this process, never handed out twice (parallel tests each pick ports).
@@ -162,6 +166,11 @@ fn free_ports(n: usize) -> Vec<u16> {
 struct Member {
     name: String,
     client_port: u16,
+    peer_port: u16,
+    /// Added with `member add --learner` and not promoted yet.
+    learner: bool,
+    /// Removed from the cluster with `member remove` (its process is stopped).
+    removed: bool,
     log: PathBuf,
     args: Vec<String>,
     /// The running process; `None` once the test killed it. A mutex so that `&Cluster` can
@@ -171,12 +180,82 @@ struct Member {
     id: Option<u64>,
 }
 
+impl Member {
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// One entry of `etcdctl member list -w json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member id.
+    pub id: u64,
+    /// Its name; empty until the member has started and published it.
+    pub name: String,
+    /// Its peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Its client URLs; empty until the member has started and published them.
+    pub client_urls: Vec<String>,
+    /// Whether it is a learner (non-voting).
+    pub is_learner: bool,
+}
+
+impl MemberInfo {
+    fn from_json(v: &serde_json::Value) -> MemberInfo {
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        MemberInfo {
+            id: v["ID"].as_u64().expect("member ID"),
+            name: v["name"].as_str().unwrap_or("").to_string(),
+            peer_urls: strings(&v["peerURLs"]),
+            client_urls: strings(&v["clientURLs"]),
+            is_learner: v["isLearner"].as_bool().unwrap_or(false),
+        }
+    }
+
+    /// Whether the member has started: published its name and client URLs.
+    pub fn is_started(&self) -> bool {
+        !self.name.is_empty() && !self.client_urls.is_empty()
+    }
+}
+
+/// A member's `HashKV` answer (`etcdctl endpoint hashkv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKv {
+    /// The hash of the key-value store's history up to the requested revision.
+    pub hash: u64,
+    /// The compact revision the hash starts from.
+    pub compact_revision: i64,
+    /// The member's current revision (response header).
+    pub revision: i64,
+}
+
+/// Errors etcd (and raftkv) answer to a membership change that may succeed if repeated once
+/// the cluster has settled: nothing was proposed.
+const RECONFIG_NOT_YET: &[&str] = &[
+    "unhealthy cluster",
+    "not enough started members",
+    "in sync with leader",
+];
+
 /// A running cluster of `raftkv` (or etcd) processes. See the module docs.
 #[derive(Debug)]
 pub struct Cluster {
     target: Target,
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// `--initial-cluster-token`, which members added later need too (it goes into member ids).
+    token: String,
+    /// The extra flags every member gets (members added later too).
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -188,65 +267,149 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra` etcd flags appended to every member's command line.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::create(n, extra);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Starts an `n`-member cluster whose members' data directories are first restored from
+    /// `snapshot` (a file written by `etcdctl snapshot save`): with `raftkv snapshot restore`,
+    /// or `etcdctl snapshot restore` for etcd, each with the new cluster's `--name`,
+    /// `--initial-cluster`, `--initial-cluster-token` and `--initial-advertise-peer-urls`.
+    /// Waits like [`Cluster::start`].
+    pub fn start_restored(n: usize, snapshot: &Path, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::create(n, extra);
+        let initial_cluster = cluster.initial_cluster();
+        for i in 0..n {
+            let m = &cluster.members[i];
+            let args = [
+                "snapshot".to_string(),
+                "restore".to_string(),
+                snapshot.display().to_string(),
+                format!("--name={}", m.name),
+                format!("--data-dir={}", cluster.data_dir(i).display()),
+                format!("--initial-cluster={initial_cluster}"),
+                format!("--initial-cluster-token={}", cluster.token),
+                format!("--initial-advertise-peer-urls={}", m.peer_url()),
+            ];
+            let mut cmd = match cluster.target {
+                Target::Raftkv => Command::new(raftkv_binary()),
+                Target::Etcd => {
+                    let mut cmd = Command::new("etcdctl");
+                    cmd.env("ETCDCTL_API", "3");
+                    cmd
+                }
+            };
+            let out = cmd
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run snapshot restore");
+            assert!(
+                out.status.success(),
+                "{:?} snapshot restore for {} failed ({}):\n{}{}",
+                cluster.target,
+                m.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Reserves ports and a directory for `n` founding members; starts nothing.
+    fn create(n: usize, extra: &[&str]) -> Cluster {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let target = Target::from_env();
         let dir = tempfile::Builder::new()
             .prefix("raftkv-e2e-")
             .tempdir()
             .expect("create temp dir");
-        let ports = free_ports(2 * n);
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
-        let initial_cluster = (0..n)
-            .map(|i| format!("m{i}={}", peer_url(i)))
-            .collect::<Vec<_>>()
-            .join(",");
         let token = format!(
             "e2e-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let (_, prefix) = target.program();
-        let members = (0..n)
-            .map(|i| {
-                let name = format!("m{i}");
-                let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
-                let data_dir = dir.path().join(&name);
-                let mut args = prefix.clone();
-                args.extend([
-                    format!("--name={name}"),
-                    format!("--data-dir={}", data_dir.display()),
-                    format!("--listen-client-urls={client_url}"),
-                    format!("--advertise-client-urls={client_url}"),
-                    format!("--listen-peer-urls={}", peer_url(i)),
-                    format!("--initial-advertise-peer-urls={}", peer_url(i)),
-                    format!("--initial-cluster={initial_cluster}"),
-                    "--initial-cluster-state=new".to_string(),
-                    format!("--initial-cluster-token={token}"),
-                    "--heartbeat-interval=100".to_string(),
-                    "--election-timeout=1000".to_string(),
-                ]);
-                args.extend(target.extra_flags());
-                args.extend(extra.iter().map(|s| s.to_string()));
-                Member {
-                    log: dir.path().join(format!("{name}.log")),
-                    name,
-                    client_port: ports[2 * i],
-                    args,
-                    child: Mutex::new(None),
-                    id: None,
-                }
-            })
-            .collect();
+        let ports = free_ports(2 * n);
         let mut cluster = Cluster {
             target,
-            members,
+            members: Vec::new(),
             dir,
+            token,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..n {
-            cluster.spawn(i);
+            cluster.push_member(ports[2 * i], ports[2 * i + 1], false);
         }
-        cluster.wait_ready();
+        let initial_cluster = cluster.initial_cluster();
+        for i in 0..n {
+            cluster.members[i].args = cluster.member_args(i, &initial_cluster, "new");
+        }
         cluster
+    }
+
+    /// Appends member `m<len>` on the given ports (its command line is set by the caller).
+    fn push_member(&mut self, client_port: u16, peer_port: u16, learner: bool) -> usize {
+        let i = self.members.len();
+        let name = format!("m{i}");
+        self.members.push(Member {
+            log: self.dir.path().join(format!("{name}.log")),
+            name,
+            client_port,
+            peer_port,
+            learner,
+            removed: false,
+            args: Vec::new(),
+            child: Mutex::new(None),
+            id: None,
+        });
+        i
+    }
+
+    /// `--initial-cluster` for the current members (`name=peer URL`, removed ones left out).
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| !m.removed)
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The data directory of member `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
+    /// Member `i`'s full command line with `--initial-cluster` and `--initial-cluster-state`.
+    fn member_args(&self, i: usize, initial_cluster: &str, state: &str) -> Vec<String> {
+        let (_, mut args) = self.target.program();
+        let m = &self.members[i];
+        let client_url = format!("http://127.0.0.1:{}", m.client_port);
+        args.extend([
+            format!("--name={}", m.name),
+            format!("--data-dir={}", self.data_dir(i).display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={}", m.peer_url()),
+            format!("--initial-advertise-peer-urls={}", m.peer_url()),
+            format!("--initial-cluster={initial_cluster}"),
+            format!("--initial-cluster-state={state}"),
+            format!("--initial-cluster-token={}", self.token),
+            "--heartbeat-interval=100".to_string(),
+            "--election-timeout=1000".to_string(),
+        ]);
+        args.extend(self.target.extra_flags());
+        args.extend(self.extra.iter().cloned());
+        args
     }
 
     /// The target these processes run.
@@ -302,9 +465,234 @@ impl Cluster {
         lock(&self.members[i].child).is_some()
     }
 
-    /// An etcdctl with every member's endpoint.
+    /// An etcdctl with the endpoint of every member that has not been removed.
     pub fn etcdctl(&self) -> Etcdctl {
-        Etcdctl::new(&self.endpoints())
+        Etcdctl::new(&self.current_endpoints())
+    }
+
+    /// The client URLs of the members that have not been removed, in member order.
+    pub fn current_endpoints(&self) -> Vec<String> {
+        self.current_members()
+            .into_iter()
+            .map(|i| self.endpoint(i))
+            .collect()
+    }
+
+    /// The indexes of the members that have not been removed.
+    pub fn current_members(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| !self.members[i].removed)
+            .collect()
+    }
+
+    /// Whether member `i` is a learner (added with `--learner`, not promoted yet).
+    pub fn is_learner(&self, i: usize) -> bool {
+        self.members[i].learner
+    }
+
+    /// The peer URL of member `i`.
+    pub fn peer_url(&self, i: usize) -> String {
+        self.members[i].peer_url()
+    }
+
+    /// An etcdctl for the running voters except `except` (membership changes go there:
+    /// a learner refuses them, and a member being removed may stop before it answers).
+    fn voters_etcdctl(&self, except: Option<usize>) -> Etcdctl {
+        let eps: Vec<String> = (0..self.members.len())
+            .filter(|&i| Some(i) != except && self.is_running(i) && !self.members[i].learner)
+            .map(|i| self.endpoint(i))
+            .collect();
+        assert!(!eps.is_empty(), "no running voter to send the change to");
+        Etcdctl::new(&eps)
+    }
+
+    /// Runs a membership change, repeating it while the cluster answers that it is not ready
+    /// yet (etcd's strict reconfiguration checks: every voter connected for 5 s, enough
+    /// started members, a learner in sync); panics on any other failure or after
+    /// [`START_TIMEOUT`].
+    fn reconfigure(&self, ctl: &Etcdctl, args: &[&str]) -> String {
+        let mut refusals = 0;
+        let out = wait_until(
+            &format!("etcdctl {args:?} to succeed"),
+            START_TIMEOUT,
+            || {
+                let out = ctl.run(args);
+                if out.success() {
+                    return Some(out);
+                }
+                let err = out.error().unwrap_or_default();
+                assert!(
+                    RECONFIG_NOT_YET.iter().any(|e| err.contains(e)),
+                    "etcdctl {args:?} failed:\n{out}"
+                );
+                refusals += 1;
+                None
+            },
+        );
+        if refusals > 0 {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("etcdctl {args:?}: refused {refusals} times before it was accepted");
+            }
+        }
+        out.stdout
+    }
+
+    /// Adds a member the etcd way and returns its index: reserves two ports, runs
+    /// `etcdctl member add m<i> --peer-urls=... [--learner]`, starts the process with
+    /// `--initial-cluster` listing the current members and itself and
+    /// `--initial-cluster-state existing`, and waits until it answers a serializable read (with
+    /// the member id `member add` returned) and every voter lists it as started.
+    pub fn add_member(&mut self, learner: bool) -> usize {
+        let ports = free_ports(2);
+        let ctl = self.voters_etcdctl(None);
+        let i = self.push_member(ports[0], ports[1], learner);
+        let name = self.members[i].name.clone();
+        let peer = format!("--peer-urls={}", self.members[i].peer_url());
+        let mut args = vec!["-w", "json", "member", "add", &name, &peer];
+        if learner {
+            args.push("--learner");
+        }
+        let out = self.reconfigure(&ctl, &args);
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("member add printed invalid JSON ({e}):\n{out}"));
+        let added = MemberInfo::from_json(&v["member"]);
+        assert_eq!(added.is_learner, learner, "member add answered {v}");
+        let initial_cluster = self.initial_cluster();
+        self.members[i].args = self.member_args(i, &initial_cluster, "existing");
+        self.spawn(i);
+        let id = self.wait_answering(i);
+        assert_eq!(
+            id, added.id,
+            "{name} reports member id {id:x}, `member add` returned {:x}",
+            added.id
+        );
+        self.members[i].id = Some(id);
+        // Asked of the voters: etcd's learners refuse `member list`.
+        let voters: Vec<usize> = self
+            .current_members()
+            .into_iter()
+            .filter(|&j| !self.members[j].learner)
+            .collect();
+        for j in voters {
+            let ctl = self.etcdctl_for(j);
+            wait_until(
+                &format!("{} to list {name} as started", self.members[j].name),
+                START_TIMEOUT,
+                || {
+                    self.check_alive(i);
+                    let out = ctl.run(&["member", "list", "-w", "json"]);
+                    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
+                    v["members"]
+                        .as_array()?
+                        .iter()
+                        .map(MemberInfo::from_json)
+                        .any(|m| m.id == id && m.is_started() && m.name == name)
+                        .then_some(())
+                },
+            );
+        }
+        i
+    }
+
+    /// Removes member `i` with `etcdctl member remove <id>` (sent to the other voters), then
+    /// stops its process (etcd exits on its own once removed; either way it is gone).
+    pub fn remove_member(&mut self, i: usize) {
+        let id = format!("{:x}", self.member_id(i));
+        let ctl = self.voters_etcdctl(Some(i));
+        self.reconfigure(&ctl, &["member", "remove", &id]);
+        self.members[i].removed = true;
+        self.kill(i);
+    }
+
+    /// Promotes learner `i` with `etcdctl member promote <id>`, repeating while it is refused
+    /// as not in sync with the leader.
+    pub fn promote_member(&mut self, i: usize) {
+        assert!(self.members[i].learner, "{} is not a learner", self.name(i));
+        let id = format!("{:x}", self.member_id(i));
+        let ctl = self.voters_etcdctl(None);
+        self.reconfigure(&ctl, &["member", "promote", &id]);
+        self.members[i].learner = false;
+    }
+
+    /// Saves a backup of member `i` to `file` with the target's own client: `raftkv snapshot
+    /// save`, or the stock `etcdctl snapshot save` for etcd. Panics unless it succeeded and
+    /// printed `Snapshot saved at <file>`.
+    #[track_caller]
+    pub fn snapshot_save(&self, i: usize, file: &Path) {
+        let file = file.display().to_string();
+        let stdout = match self.target {
+            Target::Etcd => self.etcdctl_for(i).ok(&["snapshot", "save", &file]),
+            Target::Raftkv => {
+                let out = Command::new(raftkv_binary())
+                    .args(["snapshot", "save", &file])
+                    .arg(format!("--endpoints={}", self.endpoint(i)))
+                    .env_remove("RAFTKV_ENDPOINTS")
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("run raftkv snapshot save");
+                assert!(
+                    out.status.success(),
+                    "raftkv snapshot save failed ({}):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        assert!(
+            stdout.contains(&format!("Snapshot saved at {file}")),
+            "snapshot save printed: {stdout}"
+        );
+    }
+
+    /// `etcdctl member list` as member `i` answers it.
+    pub fn member_list(&self, i: usize) -> Vec<MemberInfo> {
+        let v = self.etcdctl_for(i).json(&["member", "list"]);
+        v["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("member list without members: {v}"))
+            .iter()
+            .map(MemberInfo::from_json)
+            .collect()
+    }
+
+    /// Member `i`'s current revision from a serializable read (answered locally, learners
+    /// too), or `None` if it does not answer.
+    pub fn serializable_revision(&self, i: usize) -> Option<i64> {
+        let out =
+            self.etcdctl_for(i)
+                .run(&["get", "--consistency=s", "health-probe", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
+        v["header"]["revision"].as_i64()
+    }
+
+    /// Member `i`'s current revision from a linearizable read (a ReadIndex round through the
+    /// leader), or `None` if it does not answer.
+    pub fn linearizable_revision(&self, i: usize) -> Option<i64> {
+        let out = self
+            .etcdctl_for(i)
+            .run(&["get", "health-probe", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
+        v["header"]["revision"].as_i64()
+    }
+
+    /// Member `i`'s `HashKV` at `rev` (`etcdctl endpoint hashkv --rev`).
+    #[track_caller]
+    pub fn hash_kv(&self, i: usize, rev: i64) -> HashKv {
+        // Without the scheme, as in `status_leader`.
+        let addr = format!("127.0.0.1:{}", self.members[i].client_port);
+        let rev = format!("--rev={rev}");
+        let v = Etcdctl::new(&[addr]).json(&["endpoint", "hashkv", &rev]);
+        let h = &v[0]["HashKV"];
+        HashKv {
+            hash: h["hash"].as_u64().unwrap_or_else(|| panic!("hashkv: {v}")),
+            compact_revision: h["compact_revision"].as_i64().unwrap_or(0),
+            revision: h["header"]["revision"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("hashkv: {v}")),
+        }
     }
 
     /// An etcdctl talking to member `i` only.
@@ -444,21 +832,33 @@ impl Cluster {
         let n = self.members.len();
         for i in 0..n {
             let ctl = self.etcdctl_for(i);
-            let id = wait_until(
+            wait_until(
                 &format!("member {} to become healthy", self.members[i].name),
                 START_TIMEOUT,
                 || {
                     self.check_alive(i);
-                    if !ctl.run(&["endpoint", "health"]).success() {
-                        return None;
-                    }
-                    let out = ctl.run(&["get", "--consistency=s", "health-probe", "-w", "json"]);
-                    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
-                    v["header"]["member_id"].as_u64()
+                    ctl.run(&["endpoint", "health"]).success().then_some(())
                 },
             );
+            let id = self.wait_answering(i);
             self.members[i].id = Some(id);
         }
+    }
+
+    /// Waits until member `i` answers a serializable read (a learner does too) and returns the
+    /// member id in its header.
+    fn wait_answering(&self, i: usize) -> u64 {
+        let ctl = self.etcdctl_for(i);
+        wait_until(
+            &format!("member {} to answer", self.members[i].name),
+            START_TIMEOUT,
+            || {
+                self.check_alive(i);
+                let out = ctl.run(&["get", "--consistency=s", "health-probe", "-w", "json"]);
+                let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).ok()?;
+                v["header"]["member_id"].as_u64()
+            },
+        )
     }
 
     /// The last lines of every member's log.
@@ -473,6 +873,8 @@ impl Cluster {
                 m.name,
                 if lock(&m.child).is_some() {
                     "running"
+                } else if m.removed {
+                    "removed"
                 } else {
                     "killed"
                 },

@@ -6,7 +6,9 @@
 //!
 //! Layout:
 //! - [`cluster`]: [`Cluster`], a set of member processes on loopback ports with their data in a
-//!   temporary directory and their logs in per-member files (printed when a test panics).
+//!   temporary directory and their logs in per-member files (printed when a test panics);
+//!   members are added (`member add`, started with `--initial-cluster-state existing`),
+//!   promoted and removed the etcd way, and a cluster can start from a `snapshot save` file.
 //! - [`etcdctl`]: [`Etcdctl`], the stock `etcdctl` run as a child process with a timeout, and
 //!   [`CtlProcess`] for long-running commands such as `etcdctl watch`.
 //! - [`wait`]: polling a condition with a deadline; tests never sleep to synchronise.
@@ -33,6 +35,6 @@ pub mod cluster;
 pub mod etcdctl;
 pub mod wait;
 
-pub use cluster::{Cluster, Target};
+pub use cluster::{workspace_binary, Cluster, HashKv, MemberInfo, Target};
 pub use etcdctl::{CtlOutput, CtlProcess, Etcdctl};
 pub use wait::{block_on, wait_until, wait_until_async};

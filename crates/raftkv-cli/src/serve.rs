@@ -1,20 +1,17 @@
 //! `raftkv serve`: resolves the settings, installs the log subscriber, runs a
 //! [`raftkv_server::Server`] until SIGTERM or SIGINT, then shuts it down gracefully.
 //!
-//! - [`args`]: the flags and their resolution into a `Config` (flag > env > file > default).
-//! - [`mod@file`]: the `--config-file` TOML layer.
+//! The flags, their `RAFTKV_*` variables, the `--config-file` layer and their resolution into a
+//! `Config` (flag > env > file > default) live in [`raftkv_server::flags`], shared with
+//! `raftkv-cron serve --embed`.
 
-mod args;
-mod file;
-
-use std::io::IsTerminal;
 use std::time::Duration;
 
+use raftkv_server::flags::process::Signals;
 use raftkv_server::{Config, Server};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn, Instrument};
 
-pub(crate) use args::ServeArgs;
+pub(crate) use raftkv_server::flags::ServeArgs;
 
 use crate::Failure;
 
@@ -23,11 +20,7 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `raftkv serve` to completion.
 pub(crate) fn run(flags: ServeArgs) -> Result<(), Failure> {
-    let file = match &flags.config_file {
-        Some(path) => file::load(path).map_err(Failure::Usage)?,
-        None => ServeArgs::default(),
-    };
-    let settings = flags.or(file).into_settings().map_err(Failure::Usage)?;
+    let settings = flags.resolve().map_err(Failure::Usage)?;
     init_logging(&settings.log_filter)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -44,18 +37,9 @@ pub(crate) fn run(flags: ServeArgs) -> Result<(), Failure> {
     result
 }
 
-/// Installs the `tracing` subscriber: human-readable lines on stderr, filtered by `filter`
-/// (`--log-level` / `RAFTKV_LOG`, EnvFilter syntax).
+/// Installs the log subscriber (see [`raftkv_server::flags::process::init_logging`]).
 fn init_logging(filter: &str) -> Result<(), Failure> {
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .parse(filter)
-        .map_err(|e| Failure::Usage(format!("--log-level {filter:?}: {e}")))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .map_err(|e| Failure::Usage(format!("cannot install the log subscriber: {e}")))
+    raftkv_server::flags::process::init_logging(filter).map_err(Failure::Usage)
 }
 
 /// Starts the server and waits for a signal or a fatal error.
@@ -127,29 +111,6 @@ async fn serve(config: Config) -> Result<(), Failure> {
         Some(Err(e)) => {
             error!(error = %e, "the server stopped on a fatal error");
             Err(Failure::Runtime)
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, the signals that ask for a graceful stop.
-struct Signals {
-    terminate: Signal,
-    interrupt: Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Signals> {
-        Ok(Signals {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// The next signal's name.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
         }
     }
 }

@@ -5,7 +5,8 @@
 //!   `--initial-cluster-state existing`; the change carries the member's description (and the
 //!   cluster id) in its context, so every member's table learns it when the change applies.
 //! - MemberRemove: refused when the voters still running would not make a quorum of what is
-//!   left; removing the leader hands leadership to another voter first.
+//!   left; removing the leader hands leadership to another voter first (a follower asked to
+//!   remove the leader forwards the request to it, so the hand-over happens there).
 //! - MemberPromote: only a learner, and only once its log is within 10 % of the leader's (etcd's
 //!   rule), decided on the leader (a follower forwards the request there).
 //! - MemberUpdate (new peer URLs): an ordinary entry (raft-rs has no "update node" change) that
@@ -165,6 +166,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let forwarded = forward::is_forwarded(&request);
         let id = request.into_inner().id;
         let members = self.members();
         let Some(target) = members.iter().find(|m| m.id == id).cloned() else {
@@ -186,8 +188,19 @@ impl Cluster for ClusterService {
                     "etcdserver: re-configuration failed due to not enough started members",
                 ));
             }
-            // Removing the leader: hand leadership to another voter first, as etcd does.
+            // Removing the leader: hand leadership to another voter first, on the leader. A
+            // follower proposing the removal itself would leave the removed leader in its role
+            // (dropping proposals) until an election timeout elects another.
             let st = self.ctx.headers.status();
+            if st.leader == id && st.id != id && !forwarded {
+                if let Some(channel) = forward::channel_to(&self.ctx, id) {
+                    return self.forward_remove(channel, id).await;
+                }
+                tracing::debug!(
+                    leader = format_args!("{id:x}"),
+                    "no client URL for the leader; removing it without a hand-over"
+                );
+            }
             if st.leader == id && st.id == id {
                 let to = voters_left[0].id;
                 let mut status = self.ctx.node.watch_status();
@@ -296,6 +309,36 @@ impl Cluster for ClusterService {
 }
 
 impl ClusterService {
+    /// Sends the removal of the leader `id` to the leader's client endpoint, so that it hands
+    /// leadership over before the removal; answers once the removal has applied here too (with
+    /// this member's header and table, as if it had proposed it).
+    async fn forward_remove(
+        &self,
+        channel: tonic::transport::Channel,
+        id: u64,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        tracing::info!(
+            leader = format_args!("{id:x}"),
+            "forwarding the removal of the leader to it"
+        );
+        let req = forward::request(MemberRemoveRequest { id });
+        ClusterClient::new(channel).member_remove(req).await?;
+        let mut table = self.ctx.cluster.clone();
+        let applied = tokio::time::timeout(
+            self.timeout,
+            table.wait_for(|c| !c.members.contains_key(&id)),
+        )
+        .await;
+        if !matches!(applied, Ok(Ok(_))) {
+            return Err(Status::unavailable("etcdserver: request timed out"));
+        }
+        tracing::info!(member = format_args!("{id:x}"), "member removed");
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
+    }
+
     /// Sends a promote to the leader's client endpoint (only the leader knows replication).
     async fn forward_promote(
         &self,

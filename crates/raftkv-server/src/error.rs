@@ -38,6 +38,9 @@ pub enum Error {
     /// A gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A backup file is damaged or not in a shape `snapshot restore` accepts.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// The node's result type.

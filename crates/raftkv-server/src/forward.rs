@@ -1,6 +1,7 @@
-//! Requests a follower hands to the leader (keep-alives, TimeToLive, MemberPromote), sent to
-//! the leader's client URL and marked so that the receiver never forwards them again (two
-//! members that each believe the other leads answer "no leader" instead of looping).
+//! Requests a follower hands to the leader (keep-alives, TimeToLive, MemberPromote, MemberRemove
+//! of the leader itself), sent to the leader's client URL and marked so that the receiver never
+//! forwards them again (two members that each believe the other leads answer "no leader" instead
+//! of looping).
 
 use std::time::Duration;
 

@@ -42,6 +42,7 @@ impl Kv for KvService {
         request: tonic::Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
+        crate::learner::refuse_linearizable_range(&self.ctx, req.serializable)?;
         validate::check_range(&req).map_err(request_status)?;
         self.ctx.read_barrier(req.serializable).await?;
         let mut resp = self.ctx.store.range(&req).map_err(|e| store_status(&e))?;

@@ -216,14 +216,40 @@ impl Server {
             },
         );
         for listener in client_listeners {
+            // One lease service for gRPC and the JSON gateway: one lease-id generator.
+            let lease = Arc::new(LeaseService::new(
+                ctx.clone(),
+                lessor.clone(),
+                shutdown_rx.clone(),
+            ));
+            let gateway = crate::gateway::Gateway::new(crate::gateway::Services {
+                kv: KvService::new(ctx.clone(), config.max_txn_ops),
+                lease: Arc::clone(&lease),
+                watch: watch_service.clone(),
+                cluster: ClusterService::new(
+                    ctx.clone(),
+                    config.initial_cluster_token.clone(),
+                    config.request_timeout,
+                ),
+                maintenance: MaintenanceService::new(
+                    ctx.clone(),
+                    config.request_timeout,
+                    data.clone(),
+                ),
+                max_message_bytes: config.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            });
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                // HTTP/1.1 for the JSON gateway; gRPC stays on HTTP/2.
+                .accept_http1(true)
+                // What etcd's learners refuse, gRPC and gateway alike.
+                .layer(crate::learner::LearnerLayer::new(ctx.clone()))
                 .add_service(health_service.clone())
                 .add_service(KvService::new(ctx.clone(), config.max_txn_ops).into_server())
                 .add_service(watch_service.clone().into_server())
                 .add_service(
-                    LeaseService::new(ctx.clone(), lessor.clone(), shutdown_rx.clone())
-                        .into_server(),
+                    raftkv_proto::etcdserverpb::lease_server::LeaseServer::from_arc(lease)
+                        .max_decoding_message_size(config.max_request_bytes + GRPC_OVERHEAD_BYTES),
                 )
                 .add_service(
                     ClusterService::new(
@@ -238,10 +264,12 @@ impl Server {
                 .add_service(
                     MaintenanceService::new(ctx.clone(), config.request_timeout, data.clone())
                         .into_server(),
-                );
+                )
+                .add_service(gateway.v3())
+                .add_service(gateway.v3beta());
             let stop = wait_true(shutdown_rx.clone());
             servers.push(tokio::spawn(
-                router.serve_with_incoming_shutdown(incoming(listener), stop),
+                router.serve_with_incoming_shutdown(client_incoming(listener), stop),
             ));
         }
         for listener in peer_listeners {
@@ -283,14 +311,27 @@ impl Server {
         tokio::spawn(publish_attributes(ctx.clone(), attrs, shutdown_rx.clone()).in_current_span());
         tokio::spawn(commit_store(store.clone(), db_size_tx, shutdown_rx).in_current_span());
 
-        tracing::info!(
-            name = %config.name,
-            member = format_args!("{member_id:x}"),
-            cluster = format_args!("{:x}", cluster.cluster_id),
-            clients = ?client_addrs,
-            peers = ?peer_addrs,
-            "member started"
-        );
+        if joining {
+            // Until the leader's log (or snapshot) brings it, a joining member's table holds a
+            // provisional cluster id (derived from its own --initial-cluster): not logged.
+            tracing::info!(
+                name = %config.name,
+                member = format_args!("{member_id:x}"),
+                clients = ?client_addrs,
+                peers = ?peer_addrs,
+                "member started, joining an existing cluster"
+            );
+            tokio::spawn(log_joined(ctx.cluster.clone(), cluster.cluster_id).in_current_span());
+        } else {
+            tracing::info!(
+                name = %config.name,
+                member = format_args!("{member_id:x}"),
+                cluster = format_args!("{:x}", cluster.cluster_id),
+                clients = ?client_addrs,
+                peers = ?peer_addrs,
+                "member started"
+            );
+        }
         Ok(Server {
             client_addrs,
             peer_addrs,
@@ -386,6 +427,17 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
         .with_keepalive(Some(Duration::from_secs(30)))
 }
 
+/// Accepted client connections, each behind the filter that cuts etcdctl's URL-form
+/// `:authority` to `host:port` (see [`crate::authority`]).
+fn client_incoming(
+    listener: TcpListener,
+) -> impl futures_util::Stream<
+    Item = std::io::Result<crate::authority::AuthorityFilter<tokio::net::TcpStream>>,
+> {
+    use futures_util::StreamExt;
+    incoming(listener).map(|conn| conn.map(crate::authority::AuthorityFilter::new))
+}
+
 async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
@@ -419,6 +471,17 @@ async fn sync_peers(transport: PeerTransport, mut cluster: watch::Receiver<Arc<C
             transport.remove_peer(*id);
         }
         known = now;
+    }
+}
+
+/// Logs the cluster id a joining member learns from the leader, once its table holds it
+/// instead of the `provisional` one it started with.
+async fn log_joined(mut table: watch::Receiver<Arc<Cluster>>, provisional: u64) {
+    if let Ok(c) = table.wait_for(|c| c.cluster_id != provisional).await {
+        tracing::info!(
+            cluster = format_args!("{:x}", c.cluster_id),
+            "joined the cluster"
+        );
     }
 }
 

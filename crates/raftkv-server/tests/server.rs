@@ -525,6 +525,14 @@ async fn backup_restores_into_a_new_cluster_with_the_same_content() {
         }
     }
     assert_eq!(header_rev, Some(rev));
+    // etcd's shape, which the stock etcdctl requires: 512 * k + 32 bytes, the last 32 the
+    // SHA-256 of everything before them.
+    assert_eq!(bytes.len() % 512, 32, "stream of {} bytes", bytes.len());
+    {
+        use sha2::Digest as _;
+        let (body, trailer) = bytes.split_at(bytes.len() - 32);
+        assert_eq!(sha2::Sha256::digest(body).as_slice(), trailer);
+    }
     std::fs::write(&backup, &bytes).unwrap();
     let want = MaintenanceClient::new(m.channel(leader))
         .hash_kv(HashKvRequest { revision: rev })
@@ -535,6 +543,43 @@ async fn backup_restores_into_a_new_cluster_with_the_same_content() {
     for s in m.servers.iter_mut().filter_map(Option::take) {
         s.shutdown().await.unwrap();
     }
+
+    // A damaged file is refused before anything is written, with or without the hash check:
+    // one flipped byte in the padding (or, without padding, the store's final checksum).
+    let mut damaged = bytes.clone();
+    let at = bytes.len() - 33;
+    damaged[at] ^= 0x5a;
+    let bad = dir.path().join("damaged.db");
+    std::fs::write(&bad, &damaged).unwrap();
+    let bad_cfg = configs(&dir.path().join("bad"), 1).remove(0);
+    let err = raftkv_server::backup::restore_data_dir(&bad, &bad_cfg)
+        .expect_err("a damaged backup")
+        .to_string();
+    assert!(
+        err.contains("snapshot file integrity check failed"),
+        "{err}"
+    );
+    assert!(
+        !bad_cfg.data_dir.exists(),
+        "a refused restore left a data dir"
+    );
+    let err = raftkv_server::backup::restore_data_dir_with(&bad, &bad_cfg, true)
+        .expect_err("a damaged backup, hash unchecked");
+    assert!(
+        !bad_cfg.data_dir.exists(),
+        "a failed restore left a data dir: {err}"
+    );
+    // Without its trailer, only with --skip-hash-check (etcdctl's rule).
+    let trimmed = dir.path().join("trimmed.db");
+    std::fs::write(&trimmed, &bytes[..bytes.len() - 32]).unwrap();
+    let err = raftkv_server::backup::restore_data_dir(&trimmed, &bad_cfg)
+        .expect_err("a backup without its hash")
+        .to_string();
+    assert!(err.contains("snapshot missing hash"), "{err}");
+    assert_eq!(
+        raftkv_server::backup::restore_data_dir_with(&trimmed, &bad_cfg, true).unwrap(),
+        rev
+    );
 
     // Restore into a new single-member cluster: same content, same hash, leases kept.
     let cfg = configs(&dir.path().join("restored"), 1).remove(0);
@@ -940,6 +985,62 @@ async fn cluster_grows_by_learner_and_voter_then_shrinks_past_its_leader() {
             }
         }
     }
+    for s in m.servers.iter_mut().filter_map(Option::take) {
+        s.shutdown().await.unwrap();
+    }
+}
+
+/// Removing the leader through a follower: the follower hands the request to the leader, which
+/// moves leadership to another voter before the removal is proposed. So when the removal
+/// answers, the follower already follows a new leader (no election timeout to wait out, here
+/// 3 s), and a write issued right away commits (before, the follower proposed the removal
+/// itself; the removed leader kept its role and dropped the next proposals, which answered
+/// "request timed out" after 7 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_through_a_follower_hands_leadership_over_first() {
+    use raftkv_proto::etcdserverpb::MemberRemoveRequest;
+    let mut m = Members::start_with(3, |c| c.election_timeout = Duration::from_secs(3)).await;
+    let leader = m.leader().await;
+    let leader_id = m.member_id(leader).await;
+    let follower = (leader + 1) % 3;
+    let mut kv = KvClient::new(m.channel(follower));
+    put(&mut kv, "before", "v", 0).await;
+
+    let left = ClusterClient::new(m.channel(follower))
+        .member_remove(MemberRemoveRequest { id: leader_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|mm| mm.id != leader_id), "{left:?}");
+    // The follower answered once the removal applied there, and already follows another leader.
+    let st = MaintenanceClient::new(m.channel(follower))
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        st.leader != 0 && st.leader != leader_id,
+        "right after removing the leader {leader_id:x}, the follower's leader is {:x}",
+        st.leader
+    );
+    // A write right away commits, without waiting out an election.
+    let started = Instant::now();
+    let put = tokio::time::timeout(
+        Duration::from_secs(5),
+        kv.put(PutRequest {
+            key: "after-remove".into(),
+            value: "v".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a write right after removing the leader got no answer in 5 s")
+    .expect("a write right after removing the leader");
+    assert!(put.into_inner().header.unwrap().revision > 0);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the write took {took:?}");
     for s in m.servers.iter_mut().filter_map(Option::take) {
         s.shutdown().await.unwrap();
     }

@@ -1,13 +1,18 @@
-//! `snapshot save` streams Maintenance.Snapshot from one endpoint into `<file>.part`, syncs
-//! it and renames it to `<file>`. `snapshot restore` builds the data dir of one member of a new
-//! cluster from such a file, with etcdctl's flags (`raftkv_server::backup::restore_data_dir`);
-//! run it once per member, then start each with `raftkv serve` and the same cluster flags.
+//! `snapshot save` streams Maintenance.Snapshot from one endpoint into `<file>.part`, checks the
+//! stream's SHA-256 trailer (etcdctl checks its length only; we check the hash too), syncs it and
+//! renames it to `<file>`: the file is the stream as sent, in etcd's shape, so the stock
+//! etcdctl restores what raftkv saves and the other way round. `snapshot restore` builds the data
+//! dir of one member of a new cluster from such a file, with etcdctl's flags
+//! (`raftkv_server::backup::restore_data_dir_with`), verifying the trailer unless
+//! `--skip-hash-check`; run it once per member, then start each with `raftkv serve` and the same
+//! cluster flags.
 
 use std::io::Write as _;
 
 use clap::{Args, Subcommand};
 use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::SnapshotRequest;
+use raftkv_server::backup::HashCheck;
 
 use super::conn::Conn;
 use super::format::emit;
@@ -56,8 +61,8 @@ pub(crate) struct RestoreArgs {
     /// List of this member's peer URLs to advertise to the rest of the cluster.
     #[arg(long, default_value = "http://localhost:2380")]
     initial_advertise_peer_urls: String,
-    /// Accepted for etcdctl compatibility: raftkv snapshots carry their own checksums, which are
-    /// always verified.
+    /// Ignore the snapshot's SHA-256 trailer (or its absence). The member snapshot's own
+    /// checksums are verified either way.
     #[arg(long)]
     skip_hash_check: bool,
 }
@@ -89,7 +94,7 @@ fn restore(r: RestoreArgs) -> CtlResult {
     cfg.initial_cluster_token = r.initial_cluster_token;
     cfg.listen_peer_urls = peer_urls.clone();
     cfg.initial_advertise_peer_urls = peer_urls;
-    raftkv_server::backup::restore_data_dir(&r.file, &cfg).map_err(bad)?;
+    raftkv_server::backup::restore_data_dir_with(&r.file, &cfg, r.skip_hash_check).map_err(bad)?;
     Ok(())
 }
 
@@ -116,16 +121,28 @@ async fn save(g: &GlobalArgs, args: &[String]) -> CtlResult {
         .await?
         .into_inner();
     let mut file = std::fs::File::create(&part).map_err(io)?;
-    loop {
+    let mut check = HashCheck::new();
+    let received = loop {
         match stream.message().await {
-            Ok(Some(chunk)) => file.write_all(&chunk.blob).map_err(io)?,
-            Ok(None) => break,
-            Err(status) => {
-                drop(file);
-                let _ = std::fs::remove_file(&part);
-                return Err(status.into());
+            Ok(Some(chunk)) => {
+                check.update(&chunk.blob);
+                if let Err(e) = file.write_all(&chunk.blob) {
+                    break Err(io(e));
+                }
             }
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status.into()),
         }
+    }
+    .and_then(|()| {
+        check
+            .finish()
+            .map_err(|e| CtlError::new(EXIT_ERROR, e.to_string()))
+    });
+    if let Err(e) = received {
+        drop(file);
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
     }
     file.sync_all().map_err(io)?;
     drop(file);

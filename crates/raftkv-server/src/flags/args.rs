@@ -1,5 +1,5 @@
 //! `raftkv serve`'s flags, under etcd's names, and their resolution into a
-//! [`raftkv_server::Config`]: flag > `RAFTKV_*` variable > config file > etcd's default.
+//! [`crate::Config`]: flag > `RAFTKV_*` variable > config file > etcd's default.
 //!
 //! Every flag is an `Option` with no clap default, so `None` means "neither the command line nor
 //! the environment set it"; [`ServeArgs::or`] then fills it from the file and
@@ -10,8 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use raftkv_server::config::{parse_initial_cluster, parse_url};
-use raftkv_server::{ClusterState, Config, InitialMember};
+
+use crate::config::{parse_initial_cluster, parse_url};
+use crate::{ClusterState, Config, InitialMember};
 
 /// etcd's default `--listen-client-urls` (and so, by default, the advertised client URL).
 const DEFAULT_CLIENT_URL: &str = "http://localhost:2379";
@@ -22,79 +23,80 @@ const DEFAULT_NAME: &str = "default";
 /// The default log filter.
 const DEFAULT_LOG_LEVEL: &str = "info";
 
-/// `raftkv serve`'s flags (the command's help, shown by `raftkv serve --help`, is on
-/// `Command::Serve`). Each is `None` unless the command line or the environment set it.
+/// `raftkv serve`'s flags (the command's help, shown by `raftkv serve --help`, is on the
+/// binary's subcommand). Each is `None` unless the command line or the environment set it.
+/// Flatten it into a clap command (`#[command(flatten)]`) to accept etcd's flags.
 #[derive(Args, Debug, Default, Clone, PartialEq)]
-pub(crate) struct ServeArgs {
+pub struct ServeArgs {
     /// Human-readable name for this member [default: default]
     #[arg(long, env = "RAFTKV_NAME", value_name = "NAME")]
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
 
     /// Path to the data directory [default: NAME.etcd, NAME being --name]
     #[arg(long, env = "RAFTKV_DATA_DIR", value_name = "DIR")]
-    pub(crate) data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 
     /// Comma-separated URLs to listen on for client traffic [default: http://localhost:2379]
     #[arg(long, env = "RAFTKV_LISTEN_CLIENT_URLS", value_name = "URLS")]
-    pub(crate) listen_client_urls: Option<UrlList>,
+    pub listen_client_urls: Option<UrlList>,
 
     /// Comma-separated client URLs to advertise to the cluster [default: the listen URLs]
     #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", value_name = "URLS")]
-    pub(crate) advertise_client_urls: Option<UrlList>,
+    pub advertise_client_urls: Option<UrlList>,
 
     /// Comma-separated URLs to serve /metrics and /health on over HTTP [default: none]
     #[arg(long, env = "RAFTKV_LISTEN_METRICS_URLS", value_name = "URLS")]
-    pub(crate) listen_metrics_urls: Option<UrlList>,
+    pub listen_metrics_urls: Option<UrlList>,
 
     /// Comma-separated URLs to listen on for peer traffic [default: http://localhost:2380]
     #[arg(long, env = "RAFTKV_LISTEN_PEER_URLS", value_name = "URLS")]
-    pub(crate) listen_peer_urls: Option<UrlList>,
+    pub listen_peer_urls: Option<UrlList>,
 
     /// Comma-separated peer URLs of this member, as the others reach it
     /// [default: http://localhost:2380]
     #[arg(long, env = "RAFTKV_INITIAL_ADVERTISE_PEER_URLS", value_name = "URLS")]
-    pub(crate) initial_advertise_peer_urls: Option<UrlList>,
+    pub initial_advertise_peer_urls: Option<UrlList>,
 
     /// Every founding member, as name=peer-URL,... (a name may repeat)
     /// [default: NAME=URLS, from --name and --initial-advertise-peer-urls]
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_name = "NAME=URL,...")]
-    pub(crate) initial_cluster: Option<InitialCluster>,
+    pub initial_cluster: Option<InitialCluster>,
 
     /// Found a new cluster, or join an existing one [default: new]
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE", value_name = "STATE")]
-    pub(crate) initial_cluster_state: Option<InitialClusterState>,
+    pub initial_cluster_state: Option<InitialClusterState>,
 
     /// Token that keeps clusters built from the same URLs apart [default: etcd-cluster]
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_TOKEN", value_name = "TOKEN")]
-    pub(crate) initial_cluster_token: Option<String>,
+    pub initial_cluster_token: Option<String>,
 
     /// Time of one heartbeat (one Raft tick), in milliseconds [default: 100]
     #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL", value_name = "MS")]
-    pub(crate) heartbeat_interval: Option<u64>,
+    pub heartbeat_interval: Option<u64>,
 
     /// Time without a leader before an election, in milliseconds [default: 1000]
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT", value_name = "MS")]
-    pub(crate) election_timeout: Option<u64>,
+    pub election_timeout: Option<u64>,
 
     /// Largest client request accepted, in bytes [default: 1572864]
     #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES", value_name = "BYTES")]
-    pub(crate) max_request_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
 
     /// Most operations in one transaction [default: 128]
     #[arg(long, env = "RAFTKV_MAX_TXN_OPS", value_name = "N")]
-    pub(crate) max_txn_ops: Option<usize>,
+    pub max_txn_ops: Option<usize>,
 
     /// Backend size above which the NOSPACE alarm refuses writes, in bytes [default: 2147483648]
     #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", value_name = "BYTES")]
-    pub(crate) quota_backend_bytes: Option<u64>,
+    pub quota_backend_bytes: Option<u64>,
 
     /// Applied entries between Raft log compactions [default: 10000]
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", value_name = "N")]
-    pub(crate) snapshot_count: Option<u64>,
+    pub snapshot_count: Option<u64>,
 
     /// Storage page cache, in bytes [default: 67108864]
     #[arg(long, env = "RAFTKV_BACKEND_CACHE_BYTES", value_name = "BYTES")]
-    pub(crate) backend_cache_bytes: Option<u64>,
+    pub backend_cache_bytes: Option<u64>,
 
     /// How often the leader records leases' remaining TTLs: a Go duration such as 5s, 500ms or
     /// 1m30s, or a bare number of milliseconds [default: 5s]
@@ -103,34 +105,34 @@ pub(crate) struct ServeArgs {
         env = "RAFTKV_LEASE_CHECKPOINT_INTERVAL",
         value_name = "DURATION"
     )]
-    pub(crate) lease_checkpoint_interval: Option<GoDuration>,
+    pub lease_checkpoint_interval: Option<GoDuration>,
 
     /// Most expired leases revoked per second [default: 1000]
     #[arg(long, env = "RAFTKV_LEASE_REVOKE_RATE", value_name = "N")]
-    pub(crate) lease_revoke_rate: Option<u32>,
+    pub lease_revoke_rate: Option<u32>,
 
     /// Log filter: trace, debug, info, warn or error, or tracing's EnvFilter directives such as
     /// "info,raft=debug" [default: info]
     #[arg(long, env = "RAFTKV_LOG", value_name = "LEVEL")]
-    pub(crate) log_level: Option<LogFilter>,
+    pub log_level: Option<LogFilter>,
 
     /// TOML file of settings, keyed by flag name (name = "n1", data-dir = "n1.etcd", ...)
     #[arg(long, env = "RAFTKV_CONFIG_FILE", value_name = "FILE")]
-    pub(crate) config_file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
 }
 
 /// The settings `raftkv serve` runs with.
 #[derive(Debug)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// The node's configuration, validated.
-    pub(crate) config: Config,
+    pub config: Config,
     /// The log filter (EnvFilter syntax).
-    pub(crate) log_filter: String,
+    pub log_filter: String,
 }
 
 impl ServeArgs {
     /// Fills every setting `self` leaves unset from `lower`, a source of lower precedence.
-    pub(crate) fn or(self, lower: ServeArgs) -> ServeArgs {
+    pub fn or(self, lower: ServeArgs) -> ServeArgs {
         // A struct literal naming every field: a new flag that is not merged here won't compile.
         ServeArgs {
             name: self.name.or(lower.name),
@@ -161,9 +163,19 @@ impl ServeArgs {
         }
     }
 
+    /// Reads `--config-file` (if set) as the layer below `self`, then resolves the settings as
+    /// [`into_settings`](Self::into_settings) does. The error is one line.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let file = match &self.config_file {
+            Some(path) => super::file::load(path)?,
+            None => ServeArgs::default(),
+        };
+        self.or(file).into_settings()
+    }
+
     /// Applies etcd's defaults to what is still unset and validates the result. The error is
     /// one line naming the flag at fault.
-    pub(crate) fn into_settings(self) -> Result<Settings, String> {
+    pub fn into_settings(self) -> Result<Settings, String> {
         let name = self.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
         let data_dir = self
             .data_dir
@@ -227,16 +239,19 @@ impl ServeArgs {
 }
 
 /// A server error's message, without the "invalid configuration:" prefix when it is one.
-pub(crate) fn server_message(e: &raftkv_server::Error) -> String {
+pub fn server_message(e: &crate::Error) -> String {
     match e {
-        raftkv_server::Error::Config(message) => message.clone(),
+        crate::Error::Config(message) => message.clone(),
         other => other.to_string(),
     }
 }
 
 /// A comma-separated list of `http://IP:PORT` URLs, as etcd's URL flags take them.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct UrlList(pub(crate) Vec<String>);
+pub struct UrlList(
+    /// The URLs, in order.
+    pub Vec<String>,
+);
 
 impl FromStr for UrlList {
     type Err = String;
@@ -260,7 +275,10 @@ impl FromStr for UrlList {
 
 /// `--initial-cluster`: `name=URL,name=URL,...`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct InitialCluster(pub(crate) Vec<InitialMember>);
+pub struct InitialCluster(
+    /// The founding members.
+    pub Vec<InitialMember>,
+);
 
 impl FromStr for InitialCluster {
     type Err = String;
@@ -274,7 +292,7 @@ impl FromStr for InitialCluster {
 
 /// `--initial-cluster-state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum InitialClusterState {
+pub enum InitialClusterState {
     /// Bootstrap a new cluster from `--initial-cluster`.
     New,
     /// Join a running cluster this member was added to.
@@ -292,7 +310,10 @@ impl From<InitialClusterState> for ClusterState {
 
 /// A log filter in `tracing_subscriber::EnvFilter` syntax, checked when parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LogFilter(pub(crate) String);
+pub struct LogFilter(
+    /// The filter text.
+    pub String,
+);
 
 impl FromStr for LogFilter {
     type Err = String;
@@ -312,7 +333,10 @@ impl FromStr for LogFilter {
 /// A duration in Go's `time.ParseDuration` syntax (`300ms`, `5s`, `1m30s`, `1.5h`), as etcd's
 /// duration flags take it; a bare number means milliseconds, like `--heartbeat-interval`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct GoDuration(pub(crate) Duration);
+pub struct GoDuration(
+    /// The duration.
+    pub Duration,
+);
 
 impl FromStr for GoDuration {
     type Err = String;
@@ -360,7 +384,7 @@ mod tests {
     use super::*;
 
     /// Parses `raftkv serve` flags with the environment ignored, so tests see only `argv`.
-    pub(crate) fn flags(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+    fn flags(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
         let command = ServeArgs::augment_args(Command::new("serve")).mut_args(|a| a.env(None));
         let matches =
             command.try_get_matches_from(std::iter::once("serve").chain(argv.iter().copied()))?;

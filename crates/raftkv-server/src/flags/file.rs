@@ -11,14 +11,14 @@ use clap::{Args, Command, FromArgMatches};
 use super::args::ServeArgs;
 
 /// Reads and parses the config file at `path`. The error is one line naming the file.
-pub(crate) fn load(path: &Path) -> Result<ServeArgs, String> {
+pub fn load(path: &Path) -> Result<ServeArgs, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("config file {}: {e}", path.display()))?;
     parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
 /// Parses a config file's text.
-pub(crate) fn parse(text: &str) -> Result<ServeArgs, String> {
+pub fn parse(text: &str) -> Result<ServeArgs, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let line = e
             .span()
