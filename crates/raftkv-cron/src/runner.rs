@@ -257,6 +257,90 @@ mod tests {
         );
     }
 
+    /// A one-shot HTTP server on 127.0.0.1: answers the first request with `status` and
+    /// `body`, and returns the request it read.
+    async fn http_once(
+        status: u16,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body its Content-Length announces.
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        (url, task)
+    }
+
+    fn http_action(url: &str) -> Action {
+        Action::Http {
+            method: "POST".into(),
+            url: url.into(),
+            body: "payload".into(),
+            headers: [("X-Extra".to_string(), "yes".to_string())].into(),
+            timeout_secs: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_runs_carry_the_token_and_map_the_status() {
+        let (_tx, rx) = watch::channel(false);
+        let (url, server) = http_once(200, "all good").await;
+        let out = run(&http_action(&url), &ctx(), rx.clone()).await;
+        assert_eq!(
+            out,
+            Outcome {
+                status: RunStatus::Succeeded,
+                code: Some(200),
+                output: "all good".into()
+            }
+        );
+        let req = server.await.unwrap().to_ascii_lowercase();
+        assert!(req.starts_with("post /hook "), "{req}");
+        assert!(req.contains("x-raftkv-cron-token: 42"), "{req}");
+        assert!(req.contains("x-raftkv-cron-job: j"), "{req}");
+        assert!(req.contains("x-extra: yes"), "{req}");
+        assert!(req.ends_with("payload"), "{req}");
+        let (url, _server) = http_once(503, "later").await;
+        let out = run(&http_action(&url), &ctx(), rx.clone()).await;
+        assert_eq!((out.status, out.code), (RunStatus::Failed, Some(503)));
+        // Nobody listening: a failure with the reason, not a panic.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/", l.local_addr().unwrap())
+        };
+        let out = run(&http_action(&closed), &ctx(), rx).await;
+        assert_eq!((out.status, out.code), (RunStatus::Failed, None));
+        assert!(out.output.starts_with("request failed"), "{out:?}");
+    }
+
     #[tokio::test]
     async fn timeouts_and_cancels_kill_the_command() {
         let (_tx, rx) = watch::channel(false);
