@@ -178,6 +178,8 @@ struct Member {
     child: Mutex<Option<Child>>,
     /// The member id the server reports (status header), learned once it answers.
     id: Option<u64>,
+    /// Extra environment variables of the process (e.g. the fault harness's dial overrides).
+    env: Vec<(String, String)>,
 }
 
 impl Member {
@@ -268,6 +270,27 @@ impl Cluster {
     /// Like [`Cluster::start`], with `extra` etcd flags appended to every member's command line.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let mut cluster = Cluster::create(n, extra);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Like [`Cluster::start_with`], with environment variables per member: `env(i, peer_urls)`
+    /// gives member `i`'s, knowing every member's peer URL (in member order) before any
+    /// starts. They stay with the member across restarts. The fault harness
+    /// (`fault::net`) uses it to route each member's peer links through its own proxies.
+    pub fn start_with_env(
+        n: usize,
+        extra: &[&str],
+        mut env: impl FnMut(usize, &[String]) -> Vec<(String, String)>,
+    ) -> Cluster {
+        let mut cluster = Cluster::create(n, extra);
+        let peer_urls: Vec<String> = cluster.members.iter().map(Member::peer_url).collect();
+        for i in 0..n {
+            cluster.members[i].env = env(i, &peer_urls);
+        }
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -370,6 +393,7 @@ impl Cluster {
             args: Vec::new(),
             child: Mutex::new(None),
             id: None,
+            env: Vec::new(),
         });
         i
     }
@@ -700,6 +724,19 @@ impl Cluster {
         Etcdctl::new(&[self.endpoint(i)])
     }
 
+    /// How member `i`'s process ended if it exited on its own (a crash, a fatal error), or
+    /// `None` while it runs (or was never started / was killed by the test).
+    pub fn exit_status(&self, i: usize) -> Option<std::process::ExitStatus> {
+        lock(&self.members[i].child)
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The process id of member `i`, if it is running (for signals such as SIGSTOP).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        lock(&self.members[i].child).as_ref().map(Child::id)
+    }
+
     /// SIGKILLs member `i` and reaps it.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = lock(&self.members[i].child).take() {
@@ -803,6 +840,7 @@ impl Cluster {
         let err = log.try_clone().expect("clone log handle");
         let child = Command::new(&program)
             .args(&m.args)
+            .envs(m.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))

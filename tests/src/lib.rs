@@ -12,6 +12,10 @@
 //! - [`etcdctl`]: [`Etcdctl`], the stock `etcdctl` run as a child process with a timeout, and
 //!   [`CtlProcess`] for long-running commands such as `etcdctl watch`.
 //! - [`wait`]: polling a condition with a deadline; tests never sleep to synchronise.
+//! - [`fault`]: fault injection: per-link TCP proxies, partitions, pauses, a full disk.
+//! - [`rng`]: a seeded generator for workloads and randomized tests.
+//! - [`check`]: history checkers for the fault workloads (linearizability, watch, lease, lock
+//!   and durability), pure functions over recorded operations.
 //!
 //! Environment:
 //! - `RAFTKV_TEST_TARGET=etcd` runs the suite against the reference `etcd` (Debian's
@@ -31,8 +35,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod cluster;
 pub mod etcdctl;
+pub mod fault;
+pub mod rng;
 pub mod wait;
 
 pub use cluster::{workspace_binary, Cluster, HashKv, MemberInfo, Target};

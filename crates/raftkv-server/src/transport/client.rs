@@ -144,6 +144,8 @@ impl PeerTransport {
         let endpoints = urls
             .into_iter()
             .map(|url| {
+                // Only the dialled socket changes; the link stays the peer's (see `dial`).
+                let url = super::dial::dial_url(&url)?;
                 let endpoint = Endpoint::from_shared(url.clone())
                     .map_err(|source| TransportError::InvalidUrl {
                         peer: id,
