@@ -40,6 +40,9 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How often buffered store changes are committed to sled.
 const STORE_COMMIT_EVERY: Duration = Duration::from_millis(100);
 
+/// Why a node stopped when the Raft thread ended on its own error (logged where it happened).
+const RAFT_STOPPED: &str = "the raft node stopped on an error (see the log above)";
+
 /// A running member: its Raft node, store, lessor and gRPC servers.
 pub struct Server {
     client_addrs: Vec<SocketAddr>,
@@ -371,10 +374,12 @@ impl Server {
         let mut done = self.raft_done.clone();
         tokio::select! {
             r = self.fatal.wait_for(Option::is_some) => {
-                let why = r.ok().and_then(|w| w.clone()).unwrap_or_default();
-                Err(Error::Stopped(why))
+                // The sender goes away with the state machine when the Raft node stops on its
+                // own error (e.g. the WAL cannot write): that error is logged by the node.
+                let why = r.ok().and_then(|w| w.clone());
+                Err(Error::Stopped(why.unwrap_or_else(|| RAFT_STOPPED.into())))
             }
-            _ = done.wait_for(|d| *d) => Err(Error::Stopped("the raft node stopped".into())),
+            _ = done.wait_for(|d| *d) => Err(Error::Stopped(RAFT_STOPPED.into())),
         }
     }
 
