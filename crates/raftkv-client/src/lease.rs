@@ -297,6 +297,13 @@ impl KeepTask {
             dropped: r.is_err(),
         };
         let (tx, rx) = mpsc::channel(1);
+        // The first request goes out with the call: etcd's server (grpc-go) sends the response
+        // headers only with its first answer, so waiting for the stream to open before asking
+        // would wait forever.
+        let mut first = Some(Instant::now());
+        if tx.try_send(LeaseKeepAliveRequest { id: self.id }).is_err() {
+            first = None;
+        }
         let mut lease = LeaseClient::new(self.client.channel_at(i));
         let open = lease.lease_keep_alive(ReceiverStream::new(rx));
         let mut stream = tokio::select! {
@@ -310,14 +317,19 @@ impl KeepTask {
             },
         };
         loop {
-            if tx
-                .send(LeaseKeepAliveRequest { id: self.id })
-                .await
-                .is_err()
-            {
-                return Stream::Broke("keep-alive stream closed".into());
-            }
-            let sent_at = Instant::now();
+            let sent_at = match first.take() {
+                Some(at) => at,
+                None => {
+                    if tx
+                        .send(LeaseKeepAliveRequest { id: self.id })
+                        .await
+                        .is_err()
+                    {
+                        return Stream::Broke("keep-alive stream closed".into());
+                    }
+                    Instant::now()
+                }
+            };
             let answer = tokio::select! {
                 r = &mut *stop => return stopped(r),
                 () = tokio::time::sleep_until(*safe_until) => {

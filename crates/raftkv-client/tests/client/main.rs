@@ -6,4 +6,5 @@ mod cluster;
 mod concurrency;
 mod kv;
 mod lease;
+mod lease_headers;
 mod watch;
