@@ -47,14 +47,24 @@ impl KeyEntry {
     }
 
     /// Drops revisions made obsolete by a compaction at `at`: everything before the latest
-    /// revision at or below `at`, and that one too if it is a tombstone. Returns the dropped
-    /// revisions.
+    /// revision at or below `at`, and that one too if it is a tombstone below `at`. Returns the
+    /// dropped revisions.
+    ///
+    /// A tombstone at `at` itself is kept (until a later compaction): a watcher may start at
+    /// the compact revision (an etcd client resumes there after a cancel-on-compaction notice)
+    /// and must get that revision's deletes (etcd #18089, fixed by "keep tombstone if revision
+    /// == compactAtRev").
     pub(crate) fn compact(&mut self, at: i64, removed: &mut Vec<Revision>) {
         let i = self.revs.partition_point(|m| m.rev.main <= at);
         if i == 0 {
             return;
         }
-        let keep_from = if self.revs[i - 1].tombstone { i } else { i - 1 };
+        let latest = self.revs[i - 1];
+        let keep_from = if latest.tombstone && latest.rev.main < at {
+            i
+        } else {
+            i - 1
+        };
         removed.extend(self.revs.drain(..keep_from).map(|m| m.rev));
     }
 
@@ -188,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn compaction_keeps_latest_and_drops_tombstones() {
+    fn compaction_keeps_latest_and_drops_older_tombstones() {
         let mut e = KeyEntry {
             revs: [
                 mark(2, false),
@@ -216,7 +226,15 @@ mod tests {
             revs: [mark(2, false), mark(3, true)].into_iter().collect(),
             live: None,
         };
+        // A tombstone at the compact revision stays (a watch may start there)...
         dead.compact(3, &mut removed);
+        assert_eq!(removed, vec![Revision::new(2, 0)]);
+        assert_eq!(dead.revs.as_slice(), &[mark(3, true)]);
+        assert_eq!(dead.put_at(3), None);
+        // ...until a later compaction.
+        removed.clear();
+        dead.compact(4, &mut removed);
+        assert_eq!(removed, vec![Revision::new(3, 0)]);
         assert!(dead.is_empty());
     }
 

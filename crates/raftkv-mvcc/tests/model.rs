@@ -835,10 +835,12 @@ fn txn_checks_puts_before_ranges() {
     assert_eq!(store.revision().unwrap(), 1);
 }
 
-/// A compaction at C drops the tombstones at C. The store drops them from the index at once and
-/// from disk in the background; `history(C)` must not depend on how far the background got.
+/// A compaction at C keeps the tombstones at C (a watch may start at C and must see them, etcd
+/// #18089) and drops those below C, from the index at once and from disk in the background;
+/// `history(C)` must not depend on how far the background got.
 #[test]
 fn history_at_compact_revision_does_not_depend_on_physical_compaction() {
+    use raftkv_proto::mvccpb::event::EventType;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(Config::new(dir.path())).unwrap();
     let put = PutRequest {
@@ -866,5 +868,71 @@ fn history_at_compact_revision_does_not_depend_on_physical_compaction() {
     store.wait_compacted();
     let later = store.history(3, 100, true).unwrap();
     assert_eq!(first, later);
-    assert!(later.events.is_empty(), "{later:?}");
+    let kinds: Vec<_> = later
+        .events
+        .iter()
+        .map(|e| (e.r#type(), e.kv.as_ref().unwrap().mod_revision))
+        .collect();
+    assert_eq!(kinds, [(EventType::Delete, 3)], "{later:?}");
+
+    // A later compaction drops that tombstone like any other.
+    store.put(4, &put).unwrap(); // revision 4
+    store.commit().unwrap();
+    store
+        .compact(
+            5,
+            &CompactionRequest {
+                revision: 4,
+                physical: false,
+            },
+        )
+        .unwrap();
+    let first = store.history(4, 100, true).unwrap();
+    store.wait_compacted();
+    assert_eq!(first, store.history(4, 100, true).unwrap());
+    assert_eq!(first.events.len(), 1, "{first:?}");
+    assert_eq!(first.events[0].r#type(), EventType::Put);
+}
+
+/// A tombstone kept at the compact revision survives a physical compaction and a reopen (the
+/// index is rebuilt from disk and the compaction applied again).
+#[test]
+fn the_delete_at_the_compact_revision_survives_a_reopen() {
+    use raftkv_proto::mvccpb::event::EventType;
+    let dir = tempfile::tempdir().unwrap();
+    let put = PutRequest {
+        key: b"w/k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let (deleted, next) = {
+        let store = Store::open(Config::new(dir.path())).unwrap();
+        store.put(1, &put).unwrap().unwrap();
+        let del = DeleteRangeRequest {
+            key: b"w/k".to_vec(),
+            ..Default::default()
+        };
+        let deleted = store.delete_range(2, &del).unwrap().unwrap();
+        let next = store.put(3, &put).unwrap().unwrap();
+        let compact = CompactionRequest {
+            revision: deleted.header.unwrap().revision,
+            physical: true,
+        };
+        store.compact(4, &compact).unwrap().unwrap();
+        store.wait_compacted();
+        store.sync().unwrap();
+        (
+            deleted.header.unwrap().revision,
+            next.header.unwrap().revision,
+        )
+    };
+    let store = Store::open(Config::new(dir.path())).unwrap();
+    let got: Vec<_> = store
+        .history(deleted, 100, false)
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| (e.r#type(), e.kv.as_ref().unwrap().mod_revision))
+        .collect();
+    assert_eq!(got, [(EventType::Delete, deleted), (EventType::Put, next)]);
 }

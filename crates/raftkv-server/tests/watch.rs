@@ -15,8 +15,9 @@ use raftkv_proto::etcdserverpb::watch_client::WatchClient;
 use raftkv_proto::etcdserverpb::watch_create_request::FilterType;
 use raftkv_proto::etcdserverpb::watch_request::RequestUnion;
 use raftkv_proto::etcdserverpb::{
-    request_op, CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
-    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    request_op, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    PutRequest, RequestOp, TxnRequest, WatchCancelRequest, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use raftkv_proto::mvccpb::event::EventType;
 use raftkv_proto::mvccpb::Event;
@@ -104,6 +105,63 @@ impl Writer {
             .unwrap()
             .unwrap();
         self.publish();
+    }
+
+    /// A put attached to `lease`.
+    fn put_leased(&self, key: &[u8], lease: i64) -> i64 {
+        let req = PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        };
+        self.store.put(self.next_index(), &req).unwrap().unwrap();
+        self.publish()
+    }
+
+    /// One txn revision deleting `del` and putting `put`.
+    fn delete_and_put(&self, del: &[u8], put: &[u8]) -> i64 {
+        let success = vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: del.to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: put.to_vec(),
+                    value: b"t".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ];
+        let req = TxnRequest {
+            success,
+            ..Default::default()
+        };
+        self.store.txn(self.next_index(), &req).unwrap().unwrap();
+        self.publish()
+    }
+
+    fn grant(&self, id: i64) {
+        let req = LeaseGrantRequest { ttl: 60, id };
+        self.store
+            .lease_grant(self.next_index(), &req)
+            .unwrap()
+            .unwrap();
+        self.publish();
+    }
+
+    fn revoke(&self, id: i64) -> i64 {
+        let req = LeaseRevokeRequest { id };
+        self.store
+            .lease_revoke(self.next_index(), &req)
+            .unwrap()
+            .unwrap();
+        self.publish()
     }
 }
 
@@ -1091,4 +1149,99 @@ async fn random_watchers(h: Harness, seed: u64) {
             assert_eq!(&got, want, "watcher {id}: values and prev_kv");
         }
     }
+}
+
+// A watcher that resumes at the compaction revision (what an etcd client does after a
+// cancel-on-compaction notice) must get that very revision's deletes. A compaction at C used
+// to drop the tombstones at C with the superseded revisions, so the stream silently went on
+// at C + 1 (etcd #18089; found by the watch fault workload). Every way a key gets deleted:
+// DeleteRange of one key and of a range, a delete inside a txn, a lease revoke.
+
+/// The events a new watcher `req` from `start` receives through revision `until`.
+async fn events_from(
+    h: &Harness,
+    mut req: WatchCreateRequest,
+    start: i64,
+    until: i64,
+) -> Vec<(EventType, String, i64)> {
+    req.start_revision = start;
+    let mut stream = h.stream().await;
+    let id = stream.watch(req).await;
+    let got = stream.events_until(&BTreeMap::from([(id, until)])).await;
+    summary(&got[&id])
+}
+
+fn ev(t: EventType, key: &str, rev: i64) -> (EventType, String, i64) {
+    (t, key.to_owned(), rev)
+}
+
+#[test]
+fn resuming_at_a_compacted_delete_range_gets_the_delete() {
+    use EventType::{Delete, Put};
+    run(WatchConfig::default(), |h| async move {
+        let w = &h.writer;
+        for k in ["w/a", "w/b", "w/c"] {
+            w.put(k.as_bytes(), b"v");
+        }
+        let single = w.delete(b"w/a", b"");
+        let after = w.put(b"w/a", b"v");
+        w.compact(single);
+        assert_eq!(
+            events_from(&h, prefix("w/"), single, after).await,
+            [ev(Delete, "w/a", single), ev(Put, "w/a", after)]
+        );
+
+        // Two keys deleted in one revision and compacted at the current revision; a watcher on
+        // one of the keys gets its delete too.
+        let both = w.delete(b"w/b", b"w/d");
+        w.compact(both);
+        assert_eq!(
+            events_from(&h, prefix("w/"), both, both).await,
+            [ev(Delete, "w/b", both), ev(Delete, "w/c", both)]
+        );
+        assert_eq!(
+            events_from(&h, key("w/c"), both, both).await,
+            [ev(Delete, "w/c", both)]
+        );
+
+        // A later compaction past the tombstone drops it as usual.
+        let later = w.put(b"w/z", b"v");
+        w.compact(later);
+        assert_eq!(
+            events_from(&h, prefix("w/"), later, later).await,
+            [ev(Put, "w/z", later)]
+        );
+        let _ = h.shutdown.send(true);
+    });
+}
+
+#[test]
+fn resuming_at_a_compacted_txn_delete_or_lease_revoke_gets_the_deletes() {
+    use EventType::{Delete, Put};
+    run(WatchConfig::default(), |h| async move {
+        let w = &h.writer;
+        w.put(b"w/k7", b"v");
+        let rev = w.delete_and_put(b"w/k7", b"w/k2");
+        let next = w.put(b"w/k2", b"v");
+        w.compact(rev);
+        assert_eq!(
+            events_from(&h, prefix("w/"), rev, next).await,
+            [
+                ev(Delete, "w/k7", rev),
+                ev(Put, "w/k2", rev),
+                ev(Put, "w/k2", next)
+            ]
+        );
+
+        w.grant(5);
+        w.put_leased(b"w/l1", 5);
+        w.put_leased(b"w/l2", 5);
+        let revoked = w.revoke(5);
+        w.compact(revoked);
+        assert_eq!(
+            events_from(&h, prefix("w/l"), revoked, revoked).await,
+            [ev(Delete, "w/l1", revoked), ev(Delete, "w/l2", revoked)]
+        );
+        let _ = h.shutdown.send(true);
+    });
 }

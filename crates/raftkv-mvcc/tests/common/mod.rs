@@ -240,13 +240,14 @@ impl Model {
     }
 
     /// Does the store still hold event `e` after the compactions so far? Compaction at C keeps,
-    /// of each key, only the latest change at or below C, and not even that if it is a delete.
+    /// of each key, only the latest change at or below C, and not even that if it is a delete
+    /// below C (a delete at C itself stays for watchers starting at C, as in etcd since #18089).
     fn retained(&self, e_idx: usize) -> bool {
         let e = &self.events[e_idx];
         if e.main > self.compact_rev {
             return true;
         }
-        if e.kv.is_none() {
+        if e.kv.is_none() && e.main < self.compact_rev {
             return false;
         }
         // The latest change of this key at or below compact_rev must be this very event.
