@@ -14,6 +14,10 @@
 //! - [`wait`]: polling a condition with a deadline; tests never sleep to synchronise.
 //! - [`fault`]: fault injection: per-link TCP proxies, partitions, pauses, a full disk.
 //! - [`rng`]: a seeded generator for workloads and randomized tests.
+//! - [`workload`]: fault workloads (registers and txns, watches, leases, locks) that record
+//!   histories for the checkers.
+//! - [`soak`]: a fault run: the workloads under a fault schedule, the checkers, and a summary
+//!   of throughput dips and recoveries (the CI profile and `scripts/soak.sh`).
 //! - [`check`]: history checkers for the fault workloads (linearizability, watch, lease, lock
 //!   and durability), pure functions over recorded operations.
 //!
@@ -40,7 +44,9 @@ pub mod cluster;
 pub mod etcdctl;
 pub mod fault;
 pub mod rng;
+pub mod soak;
 pub mod wait;
+pub mod workload;
 
 pub use cluster::{workspace_binary, Cluster, HashKv, MemberInfo, Target};
 pub use etcdctl::{CtlOutput, CtlProcess, Etcdctl};
