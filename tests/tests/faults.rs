@@ -9,6 +9,8 @@
 //! - A follower whose data directory fills up (a small tmpfs; skipped without root): the
 //!   majority keeps serving; the full member's behaviour is printed; once it has space again it
 //!   restarts from the same files and converges (both targets).
+//! - A leader stopped past a lease's deadline while the lease is renewed at its successor does
+//!   not answer a keep-alive with "lease not found" when it resumes (raftkv only).
 #![allow(clippy::print_stderr)]
 
 use std::io::{ErrorKind, Read, Write};
@@ -362,4 +364,85 @@ fn a_follower_whose_disk_fills_up_does_not_corrupt_and_recovers() {
     c.restart(full);
     let rev = fc.wait_hashkv_equal(&[0, 1, 2], SETTLE);
     eprintln!("m{full} restarted with space and converged at revision {rev}");
+}
+
+/// A leader stopped past a lease's TTL, while the lease is kept alive through a follower (the
+/// new leader renews it), must not answer a keep-alive with "expired" when it resumes: its own
+/// deadline passed during the pause, but the lease lives on at the new leader. Cut off from its
+/// peers before the pause and still when resumed, it keeps believing it leads for up to an
+/// election timeout; the keep-alive sent to it then must wait until it learns otherwise and be
+/// answered by the new leader (etcd's lessor
+/// waits for the revoke or its demotion the same way). raftkv only (needs the proxies).
+#[test]
+fn a_resumed_stale_leader_does_not_report_a_kept_alive_lease_expired() {
+    if !proxied_target() {
+        return;
+    }
+    let mut fc = FaultCluster::start_with(3, &["--lease-checkpoint-interval=1s"]);
+    let leader = fc.cluster().leader_index();
+    let granted = fc
+        .cluster()
+        .etcdctl_for(leader)
+        .ok(&["lease", "grant", "3"]);
+    // "lease 694d8a1b2c3d4e5f granted with TTL(3s)"
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("unexpected grant output {granted:?}"))
+        .to_string();
+    let renew = |fc: &FaultCluster, i: usize| {
+        fc.cluster()
+            .etcdctl_for(i)
+            .run(&["lease", "keep-alive", "--once", &id])
+    };
+
+    // Cut off first, so nothing from its successor waits in its socket buffers when it
+    // resumes (that would tell it at once that it no longer leads).
+    fc.isolate(leader);
+    fc.pause(leader);
+    let paused = Instant::now();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = fc.leader_among(&rest, SETTLE);
+    // Keep the lease alive at the new leader until the old leader's deadline for it (its TTL,
+    // 3 s, since the grant) is well past.
+    let mut renewals = 0;
+    while paused.elapsed() < Duration::from_secs(5) || renewals < 2 {
+        let out = renew(&fc, new_leader);
+        assert!(
+            out.stdout.contains("keepalived with TTL"),
+            "the new leader did not renew: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        renewals += 1;
+        assert!(paused.elapsed() < SETTLE, "renewals too slow");
+    }
+
+    fc.resume(leader);
+    let out = renew(&fc, leader);
+    eprintln!(
+        "keep-alive at the resumed old leader m{leader} after {renewals} renewals at m{new_leader}: {}{}",
+        out.stdout, out.stderr
+    );
+    // The bug this guards against: "etcdserver: requested lease not found". Renewed (through
+    // the new leader) or "no leader" (while cut off it cannot know the new one; clients retry)
+    // are both right.
+    assert!(
+        !out.stderr.contains("not found")
+            && (out.stdout.contains("keepalived with TTL") || out.stderr.contains("no leader")),
+        "the resumed stale leader answered a kept-alive lease wrongly: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    fc.heal();
+    // Healed, the old leader learns its successor and forwards; the lease is alive throughout.
+    wait_until("a renewal through the healed old leader", SETTLE, || {
+        let out = renew(&fc, leader);
+        assert!(
+            !out.stderr.contains("not found"),
+            "the lease is gone after healing: {}",
+            out.stderr
+        );
+        out.stdout.contains("keepalived with TTL").then_some(())
+    });
 }

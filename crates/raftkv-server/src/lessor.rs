@@ -20,6 +20,15 @@
 //!
 //! A follower forwards keep-alives and TimeToLive to the leader's client endpoint, marked so
 //! the leader never forwards them again.
+//!
+//! The leader acknowledges a renewal only once it knows it still leads (a ReadIndex round, or
+//! the commit of the renewal's checkpoint): a leader that was paused, or cut off, and has not
+//! yet heard of its successor would otherwise acknowledge renewals the real leader never sees.
+//! A keep-alive of a lease already past its deadline waits for the revoke to apply ("not
+//! found") or for this member to stop leading (then it is forwarded to the new leader): a
+//! member resumed after a pause finds every deadline passed, and must not tell clients their
+//! leases are gone while the new leader keeps them (etcd's lessor waits on the lease's revoke or
+//! on its demotion the same way).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -156,6 +165,7 @@ pub fn spawn(
         estimates: HashMap::new(),
         forward: None,
         renewals: None,
+        expiring: HashMap::new(),
     };
     tokio::spawn(tracing::Instrument::in_current_span(
         task.run(rx, events, status, shutdown),
@@ -180,6 +190,9 @@ struct Lessor {
     forward: Option<(u64, Channel)>,
     /// The open keep-alive stream to the leader, for forwarding: (leader id, its queue).
     renewals: Option<(u64, mpsc::Sender<Renewal>)>,
+    /// Keep-alives of leases past their deadline, waiting for the revoke or a demotion:
+    /// lease id -> (forwarded, reply).
+    expiring: HashMap<i64, Vec<(bool, oneshot::Sender<Result<i64, Status>>)>>,
 }
 
 impl Lessor {
@@ -227,6 +240,17 @@ impl Lessor {
         self.heap.clear();
         if leader {
             self.promote();
+        }
+        // Demoted (or newly leading, which cannot have waiters): the new leader decides.
+        self.retry_expiring();
+    }
+
+    /// Hands every keep-alive waiting on an expired lease to [`Lessor::renew`] again.
+    fn retry_expiring(&mut self) {
+        for (id, waiting) in std::mem::take(&mut self.expiring) {
+            for (forwarded, reply) in waiting {
+                self.renew(id, forwarded, reply);
+            }
         }
     }
 
@@ -286,8 +310,14 @@ impl Lessor {
             } => {
                 self.estimates.remove(&id);
             }
-            LeaseEvent::Granted { id, .. } | LeaseEvent::Revoked(id) => {
+            LeaseEvent::Granted { id, .. } => {
                 self.estimates.remove(&id);
+            }
+            LeaseEvent::Revoked(id) => {
+                self.estimates.remove(&id);
+                for (_, reply) in self.expiring.remove(&id).unwrap_or_default() {
+                    let _ = reply.send(Ok(0));
+                }
             }
             LeaseEvent::Reset => self.estimates.clear(),
         }
@@ -306,6 +336,7 @@ impl Lessor {
                 self.leases.clear();
                 self.heap.clear();
                 self.promote();
+                self.retry_expiring();
             }
         }
     }
@@ -433,12 +464,31 @@ impl Lessor {
         }
         let now = Instant::now();
         let Some(l) = self.leases.get_mut(&id) else {
-            let _ = reply.send(Ok(0));
+            // "Not found", once this member is known to still lead and to have applied
+            // everything committed before the keep-alive arrived (a new leader may still be
+            // applying the grant): if the lease is there by then, the client is asked to retry.
+            let ctx = self.ctx.clone();
+            self.jobs.push(Box::pin(async move {
+                let r = match ctx.read_barrier(false).await {
+                    Err(e) => Err(e),
+                    Ok(()) => match ctx.store.lease(id, false) {
+                        Ok(None) => Ok(0),
+                        Ok(Some(_)) => Err(no_leader()),
+                        Err(e) => Err(store_status(&e)),
+                    },
+                };
+                let _ = reply.send(r);
+                JobDone::Quiet
+            }));
             return;
         };
         if l.deadline <= now {
-            // Expired and being revoked: too late to renew (etcd answers "not found").
-            let _ = reply.send(Ok(0));
+            // Too late to renew: "not found" once the revoke applies, or the new leader's
+            // answer if this member stops leading first (see the module docs).
+            self.expiring
+                .entry(id)
+                .or_default()
+                .push((forwarded, reply));
             return;
         }
         l.deadline = now + secs(l.ttl);
@@ -446,12 +496,18 @@ impl Lessor {
         let ttl = l.ttl;
         let checkpointed = std::mem::replace(&mut l.checkpointed, false);
         self.heap.push(Reverse((now + secs(ttl), id)));
+        let ctx = self.ctx.clone();
         if !checkpointed {
-            let _ = reply.send(Ok(ttl));
+            // Acknowledged once this member is known to still lead.
+            self.jobs.push(Box::pin(async move {
+                let r = ctx.read_barrier(false).await;
+                let _ = reply.send(r.map(|()| ttl));
+                JobDone::Quiet
+            }));
             return;
         }
-        // A shorter remaining TTL is on record: record the renewal before acknowledging it.
-        let ctx = self.ctx.clone();
+        // A shorter remaining TTL is on record: record the renewal before acknowledging it (its
+        // commit also shows this member still leads).
         self.jobs.push(Box::pin(async move {
             let req = LeaseCheckpointRequest {
                 checkpoints: vec![LeaseCheckpoint {
