@@ -192,7 +192,7 @@ struct Lessor {
     renewals: Option<(u64, mpsc::Sender<Renewal>)>,
     /// Keep-alives of leases past their deadline, waiting for the revoke or a demotion:
     /// lease id -> (forwarded, reply).
-    expiring: HashMap<i64, Vec<(bool, oneshot::Sender<Result<i64, Status>>)>>,
+    expiring: HashMap<i64, Vec<(bool, RenewReply)>>,
 }
 
 impl Lessor {
@@ -657,6 +657,9 @@ fn forwarded_request<T>(msg: T) -> tonic::Request<T> {
     r.set_timeout(Duration::from_secs(5));
     r
 }
+
+/// Where a renewal's answer goes.
+type RenewReply = oneshot::Sender<Result<i64, Status>>;
 
 /// A keep-alive waiting for the leader's answer.
 type Renewal = (i64, oneshot::Sender<Result<i64, Status>>);
