@@ -392,11 +392,22 @@ impl Lessor {
             self.tokens -= 1.0;
             tracing::debug!(lease = id, "lease expired; proposing revoke");
             let ctx = self.ctx.clone();
+            let term = ctx.node.status().term;
             self.jobs.push(Box::pin(async move {
-                let r = ctx
-                    .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
-                    .await;
-                JobDone::Revoke(id, r.is_ok())
+                // Only a member that still leads, in the term it decided in, may revoke: a
+                // leader resumed from a pause finds every deadline passed, and once it has
+                // stepped down Raft would forward its proposal to the new leader, which keeps
+                // the lease alive.
+                let leads = ctx.read_barrier(false).await.is_ok() && {
+                    let s = ctx.node.status();
+                    s.role == StateRole::Leader && s.term == term
+                };
+                let ok = leads
+                    && ctx
+                        .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
+                        .await
+                        .is_ok();
+                JobDone::Revoke(id, ok)
             }));
         }
     }
