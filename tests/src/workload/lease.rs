@@ -222,19 +222,6 @@ fn client_rng(seed: u64, role: u64, index: usize) -> Rng {
     rng
 }
 
-/// Sleeps `d`, waking early (returning `false`) once the run is stopped.
-async fn pause(ctx: &Ctx, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while !ctx.stopped() {
-        let now = Instant::now();
-        if now >= end {
-            return true;
-        }
-        tokio::time::sleep((end - now).min(Duration::from_millis(100))).await;
-    }
-    false
-}
-
 /// Runs the lease workload until `ctx` is stopped, and returns what it recorded.
 pub async fn run(ctx: Ctx, cfg: LeaseConfig) -> LeaseRun {
     let cfg = Arc::new(cfg);
@@ -303,7 +290,7 @@ async fn owner(
     while !ctx.stopped() {
         let grant_invoke = ctx.now();
         let Some(grant) = ctx.call(client.lease_grant(cfg.ttl_secs, None)).await else {
-            pause(&ctx, Duration::from_millis(100)).await;
+            ctx.pause(Duration::from_millis(100)).await;
             continue;
         };
         let grant_complete = ctx.now();
@@ -353,7 +340,7 @@ async fn owner(
             if now >= until {
                 break;
             }
-            if !pause(&ctx, interval.min(until - now)).await || Instant::now() >= until {
+            if !ctx.pause(interval.min(until - now)).await || Instant::now() >= until {
                 break;
             }
             let (ka, s) = keep_alive_once(&ctx, &mut client, id, stream.take()).await;
@@ -460,7 +447,7 @@ async fn reader(
             }
         });
         let Some(target) = target else {
-            pause(&ctx, Duration::from_millis(50)).await;
+            ctx.pause(Duration::from_millis(50)).await;
             continue;
         };
         if !target.keys.is_empty() && rng.percent(70) {
@@ -493,7 +480,7 @@ async fn reader(
                 done(&ctx, &ops);
             }
         }
-        pause(&ctx, Duration::from_millis(10 + rng.below(30))).await;
+        ctx.pause(Duration::from_millis(10 + rng.below(30))).await;
     }
     observations
 }

@@ -140,19 +140,6 @@ fn done(ctx: &Ctx, ops: &AtomicU64) {
     ops.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Sleeps `d`, waking early (returning `false`) once the run is stopped.
-async fn pause(ctx: &Ctx, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while !ctx.stopped() {
-        let now = Instant::now();
-        if now >= end {
-            return true;
-        }
-        tokio::time::sleep((end - now).min(Duration::from_millis(100))).await;
-    }
-    false
-}
-
 /// A token as the guard stores it.
 fn padded(token: i64) -> String {
     format!("{token:020}")
@@ -207,7 +194,7 @@ async fn init_guards(ctx: &Ctx, cfg: &LockConfig, ops: &AtomicU64) {
                 done(ctx, ops);
                 break;
             }
-            pause(ctx, Duration::from_millis(100)).await;
+            ctx.pause(Duration::from_millis(100)).await;
         }
     }
 }
@@ -222,12 +209,12 @@ async fn keep_alive(ctx: Ctx, mut client: Client, id: i64, interval: Duration) {
             None => match ctx.call(client.lease_keep_alive(id)).await {
                 Some(s) => s,
                 None => {
-                    pause(&ctx, Duration::from_millis(200)).await;
+                    ctx.pause(Duration::from_millis(200)).await;
                     continue;
                 }
             },
         };
-        if !pause(&ctx, interval).await || keeper.keep_alive().await.is_err() {
+        if !ctx.pause(interval).await || keeper.keep_alive().await.is_err() {
             continue;
         }
         match tokio::time::timeout(ctx.op_timeout, responses.message()).await {
@@ -266,7 +253,7 @@ async fn client_loop(
     let interval = Duration::from_millis(ttl_ms / 3);
     while !ctx.stopped() {
         let Some(grant) = ctx.call(client.lease_grant(cfg.ttl_secs, None)).await else {
-            pause(&ctx, Duration::from_millis(100)).await;
+            ctx.pause(Duration::from_millis(100)).await;
             continue;
         };
         done(&ctx, &ops);
@@ -322,7 +309,7 @@ async fn client_loop(
                 break;
             }
             fenced_write(&ctx, &mut client, &cfg, index, r, token, &ops, &mut log).await;
-            pause(&ctx, Duration::from_millis(rng.below(50))).await;
+            ctx.pause(Duration::from_millis(rng.below(50))).await;
         }
         match ending {
             Ending::Release => {
@@ -354,7 +341,7 @@ async fn client_loop(
                     if moved == Some(true) {
                         break;
                     }
-                    pause(&ctx, Duration::from_millis(200)).await;
+                    ctx.pause(Duration::from_millis(200)).await;
                 }
                 if !ctx.stopped() {
                     log.extra.stale_writes += 1;

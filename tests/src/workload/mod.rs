@@ -151,6 +151,19 @@ impl Ctx {
         }
     }
 
+    /// Waits `d` (pacing, backoff), returning `false` early once the run is stopped.
+    pub async fn pause(&self, d: Duration) -> bool {
+        let end = tokio::time::Instant::now() + d;
+        while !self.stopped() {
+            let now = tokio::time::Instant::now();
+            if now >= end {
+                return true;
+            }
+            tokio::time::sleep((end - now).min(Duration::from_millis(100))).await;
+        }
+        false
+    }
+
     /// Runs `f` with the op timeout: `Some(answer)` or `None` (error or timeout: unknown).
     pub async fn call<T, E, F>(&self, f: F) -> Option<T>
     where
